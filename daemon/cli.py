@@ -1,0 +1,48 @@
+"""The command line: `run` starts the daemon; the other commands talk to it over its API."""
+import argparse
+import sys
+
+from . import __version__
+
+COMMANDS = ("run", "status", "list", "add", "cancel", "pause", "resume", "retry", "check-updates")
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="path of config.yaml (default ./config.yaml)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="civitai-daemon", parents=[common],
+                                     description="Download manager for Civitai model files.")
+    parser.add_argument("--version", action="version", version=f"civitai-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="start the daemon in the foreground")
+    sub.add_parser("status", parents=[common], help="state counts and active downloads")
+    listing = sub.add_parser("list", parents=[common], help="list downloads")
+    listing.add_argument("--state", choices=["queued", "downloading", "paused", "completed", "failed", "cancelled"])
+    listing.add_argument("--limit", type=int, default=50)
+    add = sub.add_parser("add", parents=[common], help="enqueue one download")
+    add.add_argument("target", help="a URL or a Civitai model version id")
+    add.add_argument("--sha256")
+    add.add_argument("--filename")
+    add.add_argument("--priority", type=int)
+    add.add_argument("--subdir")
+    for name in ("cancel", "pause", "resume", "retry"):
+        action = sub.add_parser(name, parents=[common], help=f"{name} a download")
+        action.add_argument("id", help="download id")
+    sub.add_parser("check-updates", parents=[common], help="run the model update check now")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = getattr(args, "config", "config.yaml")
+    if args.command in (None, "run"):
+        from .service import run
+        return run(config)
+    from . import client
+    return client.main(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Pure manifest parsing: text in, frozen items out, or every problem listed (SPEC §5)."""
+import dataclasses
+import json
+import re
+import unicodedata
+from urllib.parse import parse_qs, urlsplit
+
+from .errors import ManifestError
+
+ITEM_FIELDS = ("url", "modelId", "modelVersionId", "air", "sha256", "filename", "priority", "subdir")
+MAX_ITEMS = 100_000
+MAX_PRIORITY = 1_000_000
+MAX_NAME_BYTES = 255
+CIVITAI_HOSTS = ("civitai.com", "civitai.red")
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_AIR = re.compile(r"^urn:air:[^:]+:[^:]+:civitai:(\d+)(?:@(\d+))?(?:\.[A-Za-z0-9]+)?$")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One file to download, as the manifest asked for it."""
+    index: int
+    url: str | None = None
+    model_id: int | None = None
+    version_id: int | None = None
+    sha256: str | None = None
+    filename: str | None = None
+    priority: int = 0
+    subdir: str | None = None
+
+
+def _control(text):
+    return any(unicodedata.category(ch) in ("Cc", "Cf") or ch == "\x00" for ch in text)
+
+
+def filename_problem(name):
+    """Why `name` is not a plain, safe file name, or None when it is."""
+    if not isinstance(name, str) or not name:
+        return "expected a non-empty string"
+    if "/" in name or "\\" in name:
+        return "must be a plain file name without / or \\"
+    if name.strip() in (".", ".."):
+        return "must not be . or .."
+    if _control(name):
+        return "must not contain NUL or control characters"
+    if _DRIVE.match(name):
+        return "must not start with a drive letter"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    if name != name.strip():
+        return "must not start or end with spaces"
+    return None
+
+
+def subdir_problem(subdir):
+    """Why `subdir` is not a safe relative folder, or None when it is."""
+    if not isinstance(subdir, str):
+        return "expected a string"
+    if subdir.startswith("/") or _DRIVE.match(subdir) or subdir.startswith("\\"):
+        return "must be relative to download_dir, not absolute"
+    if "\\" in subdir:
+        return "use / as the folder separator"
+    if _control(subdir):
+        return "must not contain NUL or control characters"
+    parts = [p for p in subdir.split("/") if p not in ("", ".")]
+    for part in parts:
+        if part.strip() == "..":
+            return "must not contain .."
+        problem = filename_problem(part)
+        if problem:
+            return f"folder {part!r} {problem}"
+    return None
+
+
+def sanitize_filename(name):
+    """Turn a server-supplied name into a safe plain file name, or None."""
+    if not name:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name).strip().strip(".")
+    name = _DRIVE.sub("", name)
+    if not name or name in (".", ".."):
+        return None
+    while len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[:-1] + dot + ext) if stem and len(ext) < 16 else name[:-1]
+    return name
+
+
+def normalise_subdir(subdir):
+    """The clean relative form of an accepted subdir ('' for the root)."""
+    return "/".join(p for p in subdir.split("/") if p not in ("", "."))
+
+
+def parse_air(air):
+    """(modelId, modelVersionId or None) from a Civitai AIR, or raise ValueError."""
+    match = _AIR.match(air.strip()) if isinstance(air, str) else None
+    if not match:
+        raise ValueError("expected a Civitai AIR such as urn:air:sdxl:lora:civitai:328553@368189")
+    return int(match.group(1)), (int(match.group(2)) if match.group(2) else None)
+
+
+def civitai_ids_from_url(url):
+    """(modelId, modelVersionId) named by a civitai.com / civitai.red URL, else (None, None)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if not any(host == h or host.endswith("." + h) for h in CIVITAI_HOSTS):
+        return None, None
+    match = re.match(r"^/api/download/models/(\d+)", parts.path)
+    if match:
+        return None, int(match.group(1))
+    match = re.match(r"^/models/(\d+)", parts.path)
+    if match:
+        version = parse_qs(parts.query).get("modelVersionId", [None])[0]
+        return int(match.group(1)), int(version) if version and version.isdigit() else None
+    return None, None
+
+
+def _int_field(value, problems, where, minimum=1, maximum=2**31 - 1):
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{where}: expected an integer, got {json.dumps(value)[:40]}")
+        return None
+    if not minimum <= value <= maximum:
+        problems.append(f"{where}: expected an integer from {minimum} to {maximum}, got {value}")
+        return None
+    return value
+
+
+def _parse_item(raw, index, problems):
+    where = f"items[{index}]"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected an object, got {type(raw).__name__}")
+        return None
+    before = len(problems)
+    for key in raw:
+        if key not in ITEM_FIELDS:
+            problems.append(f"{where}.{key}: unknown field (allowed: {', '.join(ITEM_FIELDS)})")
+    fields = {}
+    url = raw.get("url")
+    if url is not None:
+        if not isinstance(url, str):
+            problems.append(f"{where}.url: expected a string")
+        else:
+            parts = urlsplit(url) if len(url) < 8192 else None
+            if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                problems.append(f"{where}.url: only http:// and https:// URLs are allowed, got {url[:60]!r}")
+            else:
+                fields["url"] = url
+    for key, target in (("modelId", "model_id"), ("modelVersionId", "version_id")):
+        if raw.get(key) is not None:
+            fields[target] = _int_field(raw[key], problems, f"{where}.{key}")
+    if raw.get("air") is not None:
+        try:
+            model_id, version_id = parse_air(raw["air"])
+            fields.setdefault("model_id", model_id)
+            if version_id is not None:
+                fields.setdefault("version_id", version_id)
+        except ValueError as exc:
+            problems.append(f"{where}.air: {exc}")
+    if "url" in fields and not fields.get("version_id"):
+        model_id, version_id = civitai_ids_from_url(fields["url"])
+        if version_id:
+            fields["version_id"] = version_id
+        if model_id and not fields.get("model_id"):
+            fields["model_id"] = model_id
+    if not any(fields.get(k) for k in ("url", "model_id", "version_id")) and len(problems) == before:
+        problems.append(f"{where}: needs a url, a modelVersionId, a modelId or an air")
+    if raw.get("sha256") is not None:
+        sha = raw["sha256"]
+        if not isinstance(sha, str) or not _HEX64.match(sha):
+            got = f"{len(sha)}" if isinstance(sha, str) else type(sha).__name__
+            problems.append(f"{where}.sha256: expected 64 hex characters, got {got}")
+        else:
+            fields["sha256"] = sha.lower()
+    if raw.get("filename") is not None:
+        problem = filename_problem(raw["filename"])
+        if problem:
+            problems.append(f"{where}.filename: {problem}")
+        else:
+            fields["filename"] = raw["filename"]
+    if raw.get("priority") is not None:
+        value = _int_field(raw["priority"], problems, f"{where}.priority", -MAX_PRIORITY, MAX_PRIORITY)
+        fields["priority"] = value or 0
+    if raw.get("subdir") is not None:
+        problem = subdir_problem(raw["subdir"])
+        if problem:
+            problems.append(f"{where}.subdir: {problem}")
+        else:
+            fields["subdir"] = normalise_subdir(raw["subdir"])
+    if len(problems) > before:
+        return None
+    return Item(index=index, **fields)
+
+
+def parse_items(data):
+    """Items from already-decoded JSON (object with items, list, or one item)."""
+    if isinstance(data, dict) and "items" in data:
+        raw_items = data["items"]
+        if not isinstance(raw_items, list):
+            raise ManifestError(["items: expected a list of item objects"])
+    elif isinstance(data, list):
+        raw_items = data
+    elif isinstance(data, dict):
+        raw_items = [data]
+    else:
+        raise ManifestError(["manifest: expected an object with 'items', a list of items, or one item object"])
+    if not raw_items:
+        raise ManifestError(["items: the manifest lists no items"])
+    if len(raw_items) > MAX_ITEMS:
+        raise ManifestError([f"items: at most {MAX_ITEMS} items per manifest, got {len(raw_items)}"])
+    problems = []
+    items = [_parse_item(raw, index, problems) for index, raw in enumerate(raw_items)]
+    if problems:
+        raise ManifestError(problems)
+    return items
+
+
+def parse_manifest(text):
+    """Items from manifest text, or ManifestError listing every problem."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ManifestError(["manifest: not UTF-8 text"]) from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError([f"manifest: not valid JSON ({exc})"]) from None
+    return parse_items(data)

@@ -1,0 +1,121 @@
+"""Peewee models and database set-up (SQLite in WAL mode)."""
+import datetime
+import sqlite3
+
+import peewee
+
+from .errors import ConfigError
+
+db = peewee.SqliteDatabase(None)
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def iso(value):
+    """ISO 8601 text for a stored datetime (stored as UTC), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = db
+
+
+class ManifestRecord(BaseModel):
+    name = peewee.CharField(index=True)         # file name as it was in inbox/
+    status = peewee.CharField(default="processing", index=True)
+    items = peewee.IntegerField(default=0)
+    errors = peewee.TextField(default="[]")     # JSON list
+    received_at = peewee.DateTimeField(default=utcnow)
+    finished_at = peewee.DateTimeField(null=True)
+    final_name = peewee.CharField(null=True)    # name in done/ or failed/ (may carry a suffix)
+
+    class Meta:
+        table_name = "manifests"
+
+
+class Download(BaseModel):
+    state = peewee.CharField(default="queued", index=True)
+    url = peewee.TextField(null=True)           # secrets removed
+    filename = peewee.CharField(null=True)
+    subdir = peewee.CharField(null=True)
+    path = peewee.TextField(null=True)
+    sha256 = peewee.CharField(null=True)        # the hash of the bytes we have
+    expected_sha256 = peewee.CharField(null=True, index=True)
+    verified = peewee.BooleanField(default=False)
+    bytes = peewee.BigIntegerField(default=0)
+    total = peewee.BigIntegerField(null=True)
+    priority = peewee.IntegerField(default=0)
+    manifest = peewee.ForeignKeyField(ManifestRecord, null=True, backref="downloads", on_delete="SET NULL")
+    manifest_index = peewee.IntegerField(null=True)
+    model_id = peewee.IntegerField(null=True, index=True)
+    version_id = peewee.IntegerField(null=True, index=True)
+    model_name = peewee.CharField(null=True)
+    version_name = peewee.CharField(null=True)
+    base_model = peewee.CharField(null=True)
+    model_type = peewee.CharField(null=True)
+    api_size = peewee.BigIntegerField(null=True)
+    civitai_info = peewee.TextField(null=True)  # the version's API JSON, for sidecars
+    error = peewee.TextField(null=True)
+    not_before = peewee.DateTimeField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    retries = peewee.IntegerField(default=0)
+    hash_mismatches = peewee.IntegerField(default=0)
+    parent = peewee.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
+    created_at = peewee.DateTimeField(default=utcnow)
+    started_at = peewee.DateTimeField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+    duration = peewee.FloatField(null=True)
+
+    class Meta:
+        table_name = "downloads"
+        indexes = ((("state", "priority", "id"), False),)
+
+
+class ModelUpdate(BaseModel):
+    model_id = peewee.IntegerField(index=True)
+    version_id = peewee.IntegerField()
+    model_name = peewee.CharField(null=True)
+    version_name = peewee.CharField(null=True)
+    previous_version_id = peewee.IntegerField(null=True)
+    sha256 = peewee.CharField(null=True)
+    reason = peewee.CharField(default="new version")
+    detected_at = peewee.DateTimeField(default=utcnow)
+    state = peewee.CharField(default="new")      # new | queued | dismissed
+    download = peewee.ForeignKeyField(Download, null=True, on_delete="SET NULL")
+
+    class Meta:
+        table_name = "updates"
+        indexes = ((("model_id", "version_id", "sha256"), True),)
+
+
+TABLES = [ManifestRecord, Download, ModelUpdate]
+
+
+def open_database(path):
+    """Open (or create) the database; a locked or corrupt file is a ConfigError."""
+    db.init(str(path), pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1},
+            timeout=5)
+    try:
+        db.connect(reuse_if_open=True)
+        result = db.execute_sql("PRAGMA quick_check").fetchone()
+        if not result or result[0] != "ok":
+            raise peewee.DatabaseError(result[0] if result else "quick_check failed")
+        db.create_tables(TABLES)
+    except (peewee.OperationalError, peewee.DatabaseError, sqlite3.DatabaseError) as exc:
+        db.close()
+        text = str(exc)
+        if "locked" in text:
+            raise ConfigError(f"database {path} is locked by another process (is another civitai-daemon running "
+                              "with the same config?); stop it or set 'database' to another file") from None
+        raise ConfigError(f"database {path} is unreadable ({text}); restore it from a backup or move it away "
+                          "to start with an empty queue") from None
+    return db

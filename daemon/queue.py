@@ -1,0 +1,323 @@
+"""The database as a queue: enqueue, claim, record, recover, query.
+
+Every state change goes through `_set_state`, which checks the transition
+table, commits, and only then publishes the event.
+"""
+import datetime
+import json
+import logging
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import peewee
+
+from . import models
+from .errors import InvalidTransition, NotFound
+from .models import Download, ManifestRecord, ModelUpdate, db, iso, utcnow
+from .states import ENDED, Status, check_action, check_transition
+
+log = logging.getLogger("daemon.queue")
+
+_SECRET_PARAMS = re.compile(r"(token|key|secret|signature|auth|password|credential|x-amz-|sig$)", re.I)
+
+
+def redact_url(url):
+    """The URL with token-like query parameters removed (for storage and display)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _SECRET_PARAMS.search(k)]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+def download_dict(row, progress=None):
+    """The API/event shape of a download (docs/contract.md)."""
+    live = progress.get(row.id) if progress else None
+    data = {
+        "id": row.id, "state": row.state, "filename": row.filename, "path": row.path,
+        "subdir": row.subdir, "url": row.url, "sha256": row.sha256,
+        "expected_sha256": row.expected_sha256, "verified": bool(row.verified),
+        "bytes": live["bytes"] if live else row.bytes, "total": (live or {}).get("total") or row.total,
+        "speed": live["speed"] if live else 0.0, "eta": live["eta"] if live else None,
+        "priority": row.priority, "manifest": None,
+        "modelId": row.model_id, "modelVersionId": row.version_id,
+        "model_name": row.model_name, "version_name": row.version_name,
+        "base_model": row.base_model, "model_type": row.model_type,
+        "error": row.error, "not_before": iso(row.not_before), "attempts": row.attempts,
+        "retries": row.retries, "parent_id": row.parent_id,
+        "created_at": iso(row.created_at), "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+    }
+    if row.manifest_id is not None:
+        data["manifest"] = _manifest_names().get(row.manifest_id)
+    if row.state == Status.COMPLETED and row.duration is not None:
+        data["duration"] = round(row.duration, 3)
+        data["average_speed"] = round(row.bytes / row.duration, 1) if row.duration > 0 else None
+    return data
+
+
+_names_cache = {}
+
+
+def _manifest_names():
+    return _names_cache
+
+
+def _remember_manifest(record):
+    _names_cache[record.id] = record.name
+
+
+class Queue:
+    """Queue operations over the Download table; publishes events on `bus`."""
+
+    def __init__(self, bus, progress=None):
+        self.bus = bus
+        self.progress = progress  # live in-memory progress, id → dict
+
+    # -- manifests -------------------------------------------------------
+    def create_manifest(self, name, items=0, status="processing", errors=()):
+        with db.connection_context():
+            record = ManifestRecord.create(name=name, items=items, status=status, errors=json.dumps(list(errors)))
+        _remember_manifest(record)
+        return record
+
+    def finish_manifest(self, manifest_id, status, final_name, errors=()):
+        with db.connection_context():
+            ManifestRecord.update(status=status, finished_at=utcnow(), final_name=final_name,
+                                  errors=json.dumps(list(errors))).where(ManifestRecord.id == manifest_id).execute()
+
+    def open_manifests(self):
+        with db.connection_context():
+            rows = list(ManifestRecord.select().where(ManifestRecord.status == "processing"))
+        for row in rows:
+            _remember_manifest(row)
+        return rows
+
+    def manifest_items(self, manifest_id):
+        with db.connection_context():
+            return list(Download.select().where(Download.manifest == manifest_id).order_by(Download.manifest_index))
+
+    def manifest_pending(self, manifest_id):
+        """How many of a manifest's items have not ended yet."""
+        with db.connection_context():
+            return Download.select().where((Download.manifest == manifest_id)
+                                           & Download.state.not_in([s.value for s in ENDED])).count()
+
+    # -- enqueue ---------------------------------------------------------
+    def enqueue(self, items, manifest=None, civitai_url=None):
+        """Insert items (manifest.Item) as queued downloads; returns their ids."""
+        rows = []
+        with db.connection_context():
+            with db.atomic("IMMEDIATE"):
+                for item in items:
+                    url = item.url
+                    row = Download.create(
+                        url=redact_url(url) if url else None, filename=item.filename, subdir=item.subdir,
+                        expected_sha256=item.sha256, priority=item.priority,
+                        manifest=manifest.id if manifest else None, manifest_index=item.index,
+                        model_id=item.model_id, version_id=item.version_id)
+                    twin = self.find_twin(row)
+                    if twin is not None:  # the same content is already queued or here: no second download
+                        Download.update(parent=twin.id).where(Download.id == row.id).execute()
+                        row.parent = twin.id
+                    rows.append((row, url))
+        # The original URL (which may carry a token the user put there) lives only in memory.
+        for row, url in rows:
+            if url and url != row.url:
+                _private_urls[row.id] = url
+        if len(rows) <= 200:
+            for row, _ in rows:
+                self.bus.publish("download.queued", download_dict(row, self.progress))
+        else:  # a huge batch: one summary event instead of thousands
+            self.bus.publish("download.queued", {"id": rows[0][0].id, "ids": [r.id for r, _ in rows][:0],
+                                                 "count": len(rows), "first_id": rows[0][0].id,
+                                                 "last_id": rows[-1][0].id})
+        return [row.id for row, _ in rows]
+
+    # -- worker side -----------------------------------------------------
+    def claim(self):
+        """Atomically take the next runnable download (highest priority, oldest)."""
+        now = utcnow()
+        parent = Download.alias()
+        ended_parents = parent.select(parent.id).where(parent.state.in_([s.value for s in ENDED]))
+        with db.connection_context():
+            with db.atomic("IMMEDIATE"):
+                row = (Download.select()
+                       .where((Download.state == Status.QUEUED.value)
+                              & (Download.parent.is_null() | Download.parent.in_(ended_parents))
+                              & (Download.not_before.is_null() | (Download.not_before <= now)))
+                       .order_by(Download.priority.desc(), Download.id).first())
+                if row is None:
+                    return None
+                changed = (Download.update(state=Status.DOWNLOADING.value, started_at=now, error=None,
+                                           not_before=None, attempts=Download.attempts + 1)
+                           .where((Download.id == row.id) & (Download.state == Status.QUEUED.value)).execute())
+                if not changed:
+                    return None
+            row = Download.get_by_id(row.id)
+        self.bus.publish("download.started", download_dict(row, self.progress))
+        return row
+
+    def next_wake(self):
+        """The earliest not_before among waiting items, or None."""
+        with db.connection_context():
+            row = (Download.select(peewee.fn.MIN(Download.not_before))
+                   .where((Download.state == Status.QUEUED.value) & Download.not_before.is_null(False)).scalar())
+        return row
+
+    def update(self, download_id, **fields):
+        """A single-statement update that changes no state (progress, metadata)."""
+        with db.connection_context():
+            Download.update(**fields).where(Download.id == download_id).execute()
+
+    def bump(self, download_id, retries=0, hash_mismatches=0):
+        with db.connection_context():
+            Download.update(retries=Download.retries + retries,
+                            hash_mismatches=Download.hash_mismatches + hash_mismatches
+                            ).where(Download.id == download_id).execute()
+
+    def finish(self, download_id, state, expect=(Status.DOWNLOADING,), **fields):
+        """Move a download to `state` if it is still in one of `expect`; returns the row or None."""
+        state = Status(state)
+        if state in ENDED:
+            fields.setdefault("finished_at", utcnow())
+        return self._set_state(download_id, state, expect=expect, **fields)
+
+    def _set_state(self, download_id, state, expect=None, event=None, **fields):
+        with db.connection_context():
+            with db.atomic("IMMEDIATE"):
+                row = Download.get_or_none(Download.id == download_id)
+                if row is None:
+                    raise NotFound(f"no download with id {download_id}")
+                if expect is not None and Status(row.state) not in expect:
+                    return None
+                if row.state != state.value:
+                    check_transition(row.state, state)
+                Download.update(state=state.value, **fields).where(Download.id == download_id).execute()
+            row = Download.get_by_id(download_id)
+        name = event or {Status.QUEUED: "download.queued", Status.DOWNLOADING: "download.started",
+                         Status.PAUSED: "download.paused", Status.COMPLETED: "download.completed",
+                         Status.FAILED: "download.failed", Status.CANCELLED: "download.cancelled"}[state]
+        if self.progress is not None and state != Status.DOWNLOADING:
+            self.progress.pop(download_id, None)
+        self.bus.publish(name, download_dict(row, self.progress))
+        return row
+
+    def action(self, download_id, action):
+        """A user action (pause/resume/cancel/retry); raises NotFound or InvalidTransition."""
+        with db.connection_context():
+            row = Download.get_or_none(Download.id == download_id)
+        if row is None:
+            raise NotFound(f"no download with id {download_id}")
+        target = check_action(action, row.state)
+        fields = {}
+        if action == "retry":
+            fields = {"error": None, "finished_at": None, "not_before": None}
+        if action == "cancel":
+            fields = {"finished_at": utcnow()}
+        result = self._set_state(download_id, target, expect={Status(row.state)}, **fields)
+        if result is None:  # the state moved under us; report the conflict
+            raise InvalidTransition(f"download {download_id} changed state; try again")
+        return download_dict(result, self.progress)
+
+    def recover(self):
+        """At start: downloads left `downloading` by a stop or crash go back to queued."""
+        with db.connection_context():
+            return (Download.update(state=Status.QUEUED.value)
+                    .where(Download.state == Status.DOWNLOADING.value).execute())
+
+    # -- dedupe ----------------------------------------------------------
+    def find_twin(self, row):
+        """An earlier download of the same content (SHA256, URL or version), or None."""
+        clauses = []
+        if row.expected_sha256:
+            # A known hash decides alone: the same version re-uploaded is different content.
+            clauses.append((Download.expected_sha256 == row.expected_sha256) | (Download.sha256 == row.expected_sha256))
+        else:
+            if row.version_id:
+                clauses.append(Download.version_id == row.version_id)
+            if row.url:
+                clauses.append(Download.url == row.url)
+        if not clauses:
+            return None
+        match = clauses[0]
+        for clause in clauses[1:]:
+            match = match | clause
+        with db.connection_context():
+            return (Download.select()
+                    .where(match & (Download.id < row.id) & Download.parent.is_null()
+                           & Download.state.in_([Status.DOWNLOADING.value, Status.COMPLETED.value,
+                                                 Status.QUEUED.value, Status.PAUSED.value]))
+                    .order_by(Download.id).first())
+
+    def children(self, parent_id):
+        with db.connection_context():
+            return list(Download.select().where((Download.parent == parent_id)
+                                                & (Download.state == Status.QUEUED.value)))
+
+    # -- queries ---------------------------------------------------------
+    def get(self, download_id):
+        with db.connection_context():
+            row = Download.get_or_none(Download.id == download_id)
+        if row is None:
+            raise NotFound(f"no download with id {download_id}")
+        return row
+
+    def list(self, state=None, limit=50, offset=0, completed_only=False):
+        with db.connection_context():
+            query = Download.select()
+            if completed_only:
+                query = query.where(Download.state == Status.COMPLETED.value)
+            elif state:
+                query = query.where(Download.state == state)
+            total = query.count()
+            rows = list(query.order_by(Download.id.desc()).limit(limit).offset(offset))
+        return [download_dict(r, self.progress) for r in rows], total
+
+    def counts(self):
+        counts = {s.value: 0 for s in Status}
+        with db.connection_context():
+            for state, count in (Download.select(Download.state, peewee.fn.COUNT(Download.id))
+                                 .group_by(Download.state).tuples()):
+                counts[state] = count
+        return counts
+
+    def metrics(self):
+        with db.connection_context():
+            row = Download.select(
+                peewee.fn.COUNT(Download.id),
+                peewee.fn.SUM(peewee.Case(None, [(Download.state == "completed", 1)], 0)),
+                peewee.fn.SUM(peewee.Case(None, [(Download.state == "failed", 1)], 0)),
+                peewee.fn.SUM(peewee.Case(None, [(Download.state == "completed", Download.bytes)], 0)),
+                peewee.fn.SUM(peewee.Case(None, [((Download.state == "completed") & Download.parent.is_null(),
+                                                  Download.duration)], 0)),
+                peewee.fn.SUM(peewee.Case(None, [((Download.state == "completed") & Download.parent.is_null(),
+                                                  Download.bytes)], 0)),
+                peewee.fn.SUM(Download.retries), peewee.fn.SUM(Download.hash_mismatches),
+            ).tuples().first()
+        downloads, completed, failed, total_bytes, seconds, timed_bytes, retries, mismatches = [v or 0 for v in row]
+        ended = completed + failed
+        return {
+            "downloads": downloads, "completed": completed, "failed": failed, "bytes": total_bytes,
+            "average_speed": round(timed_bytes / seconds, 1) if seconds else 0.0,
+            "retries": retries, "hash_mismatches": mismatches,
+            "success_rate": round(completed / ended, 4) if ended else 1.0,
+        }
+
+    def manifests(self, limit=50, offset=0):
+        with db.connection_context():
+            query = ManifestRecord.select()
+            total = query.count()
+            rows = list(query.order_by(ManifestRecord.id.desc()).limit(limit).offset(offset))
+        return [{"id": r.id, "manifest": r.name, "status": r.status, "items": r.items,
+                 "errors": json.loads(r.errors or "[]"), "received_at": iso(r.received_at),
+                 "finished_at": iso(r.finished_at), "final_name": r.final_name} for r in rows], total
+
+
+_private_urls = {}
+
+
+def private_url(row):
+    """The URL to fetch for a download: the original (with its query) when still in memory."""
+    return _private_urls.get(row.id, row.url)

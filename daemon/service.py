@@ -1,0 +1,202 @@
+"""Wiring only: build every part, start them in order, stop them in reverse.
+
+Thread model (research/stack.md, option A): no gevent monkey patching. The
+gevent WSGI server (with gevent-websocket's handler) runs in the main thread;
+downloads, the inbox watcher, the webhook sender and the scheduler run in
+plain OS threads. Hashing, socket reads and file writes release the GIL, so
+downloads use both cores while the hub stays responsive. Threads hand events
+to the hub only through a `loop.async_()` watcher (see web/feed.py), and the
+hub reaches the database only through its native thread pool (web/app.py).
+"""
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+
+import gevent
+import gevent.event
+import gevent.socket
+from gevent.pywsgi import WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+
+from . import __version__, logs, models, sdnotify, settings as settings_mod
+from .civitai import CivitaiClient, Resolver, civitai_hosts
+from .errors import ConfigError
+from .events import Bus
+from .fetch import Fetcher, Throttle
+from .notify import Notifier
+from .progress import Progress
+from .queue import Queue
+from .spool import Spool
+from .updates import UpdateChecker
+from .watcher import Watcher
+from .web.app import WebApp
+from .web.feed import Feed
+from .web import prom
+from .worker import WorkerPool
+
+log = logging.getLogger("daemon.service")
+
+PORT_RANGE = range(8100, 8201)
+
+
+def bind(host, port):
+    # A gevent socket: the server's accept() must yield to the hub, never block it.
+    sock = gevent.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(256)
+    return sock
+
+
+def choose_socket(settings):
+    """Bind the configured port, or a random free one in 8100-8200 written back to config.yaml."""
+    if settings.active_port is not None:
+        try:
+            return bind(settings.host, settings.active_port)
+        except OSError as exc:
+            raise ConfigError(f"port {settings.active_port} on {settings.host} is taken ({exc.strerror}); stop the "
+                              "program using it, choose another active_port, or set active_port: null in "
+                              f"{settings.config_path} to pick a free port automatically") from None
+    ports = list(PORT_RANGE)
+    random.shuffle(ports)
+    for port in ports:
+        try:
+            sock = bind(settings.host, port)
+        except OSError as exc:
+            if exc.errno in (99, 49):  # cannot assign the address at all
+                raise ConfigError(f"host {settings.host!r} is not an address of this machine; fix 'host' in "
+                                  f"{settings.config_path}") from None
+            continue
+        settings_mod.write_active_port(settings.config_path, port)
+        settings.active_port = port
+        return sock
+    raise ConfigError("no free port in 8100-8200; set active_port in config.yaml to a free port")
+
+
+class Daemon:
+    """The running daemon: every part, started and stopped in order."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.started = time.time()
+        self.stopping = False
+
+    def build(self):
+        s = self.settings
+        logs.setup(s.logs_dir, s.log_level, s.secrets())
+        models.open_database(s.database)
+        self.sock = choose_socket(s)
+        for folder in (s.download_dir,):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.bus = Bus()
+        self.progress = Progress()
+        self.queue = Queue(self.bus, self.progress)
+        self.spool = Spool(s, self.queue, self.bus)
+        self.throttle = Throttle(s.throttle)
+        self.fetcher = Fetcher(s, self.throttle, civitai_hosts(s.civitai_base_url))
+        self.client = CivitaiClient(s)
+        self.resolver = Resolver(s, self.client)
+        self.pool = WorkerPool(s, self.queue, self.fetcher, self.resolver, self.spool, self.progress, self.bus)
+        self.watcher = Watcher(s.inbox_dir, self.spool)
+        self.notifier = Notifier(s, self.bus)
+        self.updates = UpdateChecker(s, self.client, self.queue, self.bus)
+        self.feed = Feed(self.bus, self.progress)
+        self.web = WebApp(s, self.queue, self.feed, self.status, health=self.health, updates=self.updates,
+                          metrics_text=lambda: prom.render(self.queue, self.progress))
+        self.server = WSGIServer(self.sock, self.web.app, handler_class=WebSocketHandler, log=None,
+                                 error_log=logging.getLogger("daemon.web.server"))
+
+    def status(self):
+        return {"version": __version__, "uptime": round(time.time() - self.started, 1),
+                "workers": self.settings.workers, "throttle": self.settings.throttle,
+                "counts": self.queue.counts(), "active": self.progress.snapshot()}
+
+    def health(self):
+        problems = []
+        if not self.watcher.healthy():
+            problems.append("the inbox watcher is not running")
+        if not self.pool.healthy():
+            problems.append("a download worker has stopped")
+        try:
+            gevent.get_hub().threadpool.apply(lambda: models.db.execute_sql("SELECT 1").fetchone())
+        except Exception as exc:
+            problems.append(f"database: {exc}")
+        return not problems, problems
+
+    def run(self):
+        """Serve until SIGTERM/SIGINT; returns the exit code."""
+        s = self.settings
+        recovered = self.queue.recover()
+        if recovered:
+            log.info("recovered %d interrupted download(s); they resume from their parts", recovered)
+        self.spool.resume()
+        self.notifier.start()
+        self.pool.start()
+        self.watcher.start()
+        self.feed.start()
+        self.updates.start()
+        self.server.start()
+        shown_host = s.host if s.host not in ("0.0.0.0", "::") else socket.gethostname()
+        address = f"http://{shown_host}:{s.active_port}/gui"
+        log.info("civitai-daemon %s ready: GUI at %s (config %s)", __version__, address, s.config_path)
+        print(f"civitai-daemon {__version__} running: GUI at {address}", flush=True)
+        gevent.signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        gevent.signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        sdnotify.ready()
+        self._stop_event = gevent.event.Event()
+        watchdog = gevent.spawn(self._watchdog_loop)
+        self._stop_event.wait()
+        watchdog.kill(block=False)
+        self.shutdown()
+        return 0
+
+    def request_stop(self, signame):
+        """Signal handler: only sets flags. A second signal forces an immediate exit."""
+        if self.stopping:
+            log.warning("second %s: exiting now", signame)
+            os._exit(1)
+        self.stopping = True
+        log.info("%s received: stopping (parts are kept; unfinished manifests stay in processing/)", signame)
+        self._stop_event.set()
+
+    def _watchdog_loop(self):
+        interval = sdnotify.watchdog_interval() or 10.0
+        while True:
+            gevent.sleep(interval)
+            ok, problems = self.health()
+            if ok:
+                sdnotify.watchdog()
+            else:
+                log.error("health check failed: %s", "; ".join(problems))
+
+    def shutdown(self):
+        sdnotify.stopping()
+        started = time.monotonic()
+        self.watcher.stop()
+        self.pool.stop(timeout=6.0)
+        self.updates.stop()
+        self.feed.stop()
+        self.server.stop(timeout=1)
+        self.notifier.stop(timeout=max(0.5, 8.5 - (time.monotonic() - started)))
+        models.db.close()
+        log.info("stopped cleanly in %.1f s", time.monotonic() - started)
+
+
+def run(config_path):
+    """Start the daemon in the foreground; returns the exit code."""
+    try:
+        settings = settings_mod.load(config_path)
+        daemon = Daemon(settings)
+        daemon.build()
+    except ConfigError as exc:
+        print(f"civitai-daemon: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()

@@ -1,0 +1,312 @@
+"""The declared settings of config.yaml: defaults, validation, write-back.
+
+Each setting is declared once (name, default, validator, help); the default
+config file, validation and the README's table all come from SETTINGS.
+"""
+import dataclasses
+import io
+import os
+import re
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from .errors import ConfigError
+
+DEFAULT_TYPE_DIRS = {
+    "Checkpoint": "Stable-diffusion",
+    "LORA": "Lora",
+    "LoCon": "Lora",
+    "DoRA": "Lora",
+    "TextualInversion": "embeddings",
+    "VAE": "VAE",
+    "Controlnet": "ControlNet",
+    "Upscaler": "ESRGAN",
+    "Hypernetwork": "hypernetworks",
+    "MotionModule": "AnimateDiff",
+    "Other": "Other",
+}
+
+DEFAULT_TELEGRAM_EVENTS = ["download.completed", "download.failed", "manifest.failed", "model.update"]
+EVENT_NAMES = [
+    "download.queued", "download.started", "download.completed", "download.failed",
+    "download.cancelled", "download.paused", "manifest.done", "manifest.failed", "model.update",
+]
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?(?:/s)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}
+
+
+def parse_rate(value):
+    """Bytes per second from 0, 5000000 or strings like '20MB', '1.5MiB'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of bytes/s or a string such as \"20MB\"")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return int(value)
+    match = _RATE.match(str(value))
+    if not match:
+        raise ValueError("expected bytes/s or a string such as \"20MB\" or \"10MiB\"")
+    unit = (match.group(2) or "").upper().rstrip("B") if match.group(2) not in (None, "B", "b") else ""
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _port(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError("expected null or a port number 1-65535")
+    return value
+
+
+def _int(minimum, maximum=None):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(f"expected an integer from {minimum} to {maximum or 'any'}")
+        return value
+    return check
+
+
+def _number(minimum):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected a number")
+        if value < minimum:
+            raise ValueError(f"expected a number ≥ {minimum}")
+        return float(value)
+    return check
+
+
+def _str(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _opt_str(value):
+    return None if value is None else _str(value)
+
+
+def _url(value):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _level(value):
+    if not isinstance(value, str) or value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value.upper()
+
+
+def _time(value):
+    if not isinstance(value, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
+        raise ValueError('expected a time "HH:MM" (24 h, quoted)')
+    return value
+
+
+def _type_dirs(value):
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of model type to folder")
+    result = dict(DEFAULT_TYPE_DIRS)
+    for key, folder in value.items():
+        if not isinstance(key, str) or not isinstance(folder, str) or not folder:
+            raise ValueError(f"entry {key!r} must map a type name to a folder name")
+        if folder.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", folder):
+            raise ValueError(f"folder for {key!r} must be relative to download_dir without '..'")
+        result[str(key)] = str(folder)
+    return result
+
+
+def _events(value):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of event names")
+    unknown = [v for v in value if v not in EVENT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown event {unknown[0]!r}; allowed: {', '.join(EVENT_NAMES)}")
+    return list(value)
+
+
+def _chat_id(value):
+    if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
+        return value
+    raise ValueError("expected an integer or a string such as \"@channel\"")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    default: object
+    check: object
+    help: str
+    path: bool = False
+
+
+SETTINGS = [
+    Setting("inbox_dir", "inbox", _str, "manifests are dropped here", path=True),
+    Setting("processing_dir", "processing", _str, "manifests being worked on", path=True),
+    Setting("done_dir", "done", _str, "finished manifests and their result files", path=True),
+    Setting("failed_dir", "failed", _str, "rejected or failed manifests and their result files", path=True),
+    Setting("download_dir", "downloads", _str, "root of all downloaded files", path=True),
+    Setting("logs_dir", "logs", _str, "download.log and error.log", path=True),
+    Setting("database", "completed.db", _str, "the SQLite queue and history", path=True),
+    Setting("host", "127.0.0.1", _str, "address the web server binds (0.0.0.0 exposes it to the LAN: set api_token)"),
+    Setting("active_port", None, _port, "null: pick a free port in 8100-8200 and write it here; a number: use it"),
+    Setting("workers", 2, _int(1, 32), "parallel downloads"),
+    Setting("retries", 5, _int(0, 100), "attempts after the first, per download"),
+    Setting("backoff", 1, _number(0), "seconds before the first retry; doubles each time"),
+    Setting("backoff_max", 60, _number(0), "longest wait between retries, seconds"),
+    Setting("timeout", 30, _number(1), "seconds for connect and for each read (and the stall window)"),
+    Setting("throttle", 0, parse_rate, "total rate cap over all workers: bytes/s or \"20MB\", \"10MiB\"; 0 = unlimited"),
+    Setting("webhook_url", None, _url, "where event JSON is POSTed"),
+    Setting("webhook_secret", None, _opt_str, "HMAC-SHA256 key for the X-Civitai-Daemon-Signature header"),
+    Setting("log_level", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
+    Setting("civitai_base_url", "https://civitai.com", _url, "Civitai API and download host"),
+    Setting("civitai_token", None, _opt_str, "Civitai API token (env CIVITAI_API_TOKEN overrides)"),
+    Setting("api_token", None, _opt_str, "when set, /api/* and /ws/* need Authorization: Bearer <token>"),
+    Setting("viewer_token", None, _opt_str, "read-only token: GET routes and the live feed only"),
+    Setting("telegram", {"bot_token": None, "chat_id": None, "events": DEFAULT_TELEGRAM_EVENTS}, None,
+            "Telegram notifications: bot_token, chat_id, events"),
+    Setting("telegram_api_base", "https://api.telegram.org", _url, "Telegram Bot API host"),
+    Setting("type_dirs", DEFAULT_TYPE_DIRS, _type_dirs, "model type → sub-folder of download_dir"),
+    Setting("sidecars", True, _bool, "write <stem>.civitai.info and <stem>.preview.<ext> beside Civitai files"),
+    Setting("update_check", {"enabled": True, "time": "04:00", "auto_download": True}, None,
+            "daily check for new model versions: enabled, time (\"HH:MM\", local), auto_download"),
+]
+
+NESTED = {
+    "telegram": {"bot_token": _opt_str, "chat_id": _chat_id, "events": _events},
+    "update_check": {"enabled": _bool, "time": _time, "auto_download": _bool},
+}
+
+SECRET_KEYS = ("civitai_token", "api_token", "viewer_token", "webhook_secret")
+
+
+class Settings:
+    """Validated settings; attributes named as in config.yaml, paths absolute."""
+
+    def __init__(self, values, config_path):
+        self.__dict__.update(values)
+        self.config_path = Path(config_path)
+
+    def secrets(self):
+        """Every secret value in force, for log redaction."""
+        values = [getattr(self, key) for key in SECRET_KEYS]
+        values.append(self.telegram.get("bot_token"))
+        return [v for v in values if v]
+
+
+def _yaml():
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.representer.add_representer(
+        type(None), lambda r, d: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml
+
+
+def _yaml_scalar(value):
+    if isinstance(value, str) and ":" in value and "://" not in value:
+        return f'"{value}"'  # "04:00" must stay a string for every YAML reader
+    buffer = io.StringIO()
+    _yaml().dump({"k": value}, buffer)
+    return buffer.getvalue().split(":", 1)[1].strip()
+
+
+def default_config_text():
+    """The commented default config.yaml, generated from SETTINGS."""
+    lines = ["# civitai-daemon configuration. Relative paths resolve against this file's folder.",
+             "# Unknown keys or wrong types stop the daemon with exit code 2.", ""]
+    for setting in SETTINGS:
+        lines.append(f"# {setting.help}")
+        if isinstance(setting.default, dict):
+            lines.append(f"{setting.name}:")
+            for key, value in setting.default.items():
+                if isinstance(value, list):
+                    lines.append(f"  {key}:")
+                    lines.extend(f"    - {item}" for item in value)
+                else:
+                    lines.append(f"  {key}: {_yaml_scalar(value)}")
+        else:
+            value = _yaml_scalar(setting.default)
+            lines.append(f"{setting.name}: {value}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _validate_nested(name, raw, default):
+    if raw is None:
+        return dict(default)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config.yaml: '{name}' must be a mapping with keys {', '.join(NESTED[name])}")
+    result = dict(default)
+    for key, value in raw.items():
+        if key not in NESTED[name]:
+            raise ConfigError(f"config.yaml: unknown key '{name}.{key}' (allowed: {', '.join(NESTED[name])})")
+        try:
+            result[key] = NESTED[name][key](value)
+        except ValueError as exc:
+            raise ConfigError(f"config.yaml: '{name}.{key}' {exc}, got {value!r}") from None
+    return result
+
+
+def load(config_path):
+    """Read and validate config.yaml, creating it with the defaults when missing."""
+    config_path = Path(config_path).absolute()
+    if not config_path.exists():
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(default_config_text(), encoding="utf-8")
+    try:
+        raw = _yaml().load(config_path.read_text(encoding="utf-8")) or {}
+    except (YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config.yaml: not valid YAML ({first}); fix the file or delete it to get the defaults") from None
+    except OSError as exc:
+        raise ConfigError(f"config.yaml: cannot read {config_path}: {exc.strerror}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("config.yaml: the top level must be a mapping of settings")
+    known = {s.name: s for s in SETTINGS}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"config.yaml: unknown key '{key}' (check the spelling; see the README's config table)")
+    values = {}
+    for setting in SETTINGS:
+        value = raw.get(setting.name, setting.default)
+        if setting.name in NESTED:
+            values[setting.name] = _validate_nested(setting.name, raw.get(setting.name), setting.default)
+            continue
+        try:
+            value = setting.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"config.yaml: '{setting.name}' {exc}, got {value!r}") from None
+        if setting.path:
+            value = (config_path.parent / os.path.expanduser(value)).resolve()
+        values[setting.name] = value
+    env_token = os.environ.get("CIVITAI_API_TOKEN")
+    if env_token:
+        values["civitai_token"] = env_token
+    return Settings(values, config_path)
+
+
+def write_active_port(config_path, port):
+    """Write active_port back into config.yaml, keeping comments and key order."""
+    config_path = Path(config_path)
+    yaml = _yaml()
+    data = yaml.load(config_path.read_text(encoding="utf-8"))
+    data["active_port"] = port
+    tmp = config_path.with_name(f".{config_path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        yaml.dump(data, handle)
+    os.replace(tmp, config_path)

@@ -1,0 +1,155 @@
+"""The manifest folders: inbox → processing → done | failed, and result files.
+
+This is the only module that moves manifest files. Folder names are states.
+"""
+import datetime
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from .errors import ManifestError
+from .manifest import parse_manifest
+from .models import iso, utcnow
+from .states import Status
+
+log = logging.getLogger("daemon.spool")
+
+
+def is_manifest_name(name):
+    return name.endswith(".json") and not name.startswith(".") and not name.endswith(".result.json")
+
+
+def _stamp():
+    return datetime.datetime.now().strftime("%Y%m%dT%H%M%S%f")
+
+
+def free_name(folder, name):
+    """`name` in `folder`, or `<stem>-<timestamp>.json` when taken (never replace an older file)."""
+    stem = name[:-5] if name.endswith(".json") else name
+    candidate = name
+    while (folder / candidate).exists() or (folder / f"{candidate[:-5]}.result.json").exists():
+        candidate = f"{stem}-{_stamp()}.json"
+    return candidate
+
+
+def write_json_atomic(path, data):
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+class Spool:
+    """Takes manifests in, enqueues their items, and files them away when done."""
+
+    def __init__(self, settings, queue, bus):
+        self.inbox = Path(settings.inbox_dir)
+        self.processing = Path(settings.processing_dir)
+        self.done = Path(settings.done_dir)
+        self.failed = Path(settings.failed_dir)
+        self.queue = queue
+        self.bus = bus
+        self._lock = threading.Lock()
+        for folder in (self.inbox, self.processing, self.done, self.failed):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # -- intake ----------------------------------------------------------------
+    def read(self, path):
+        """The bytes of an inbox file without following symlinks."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(64 << 20)
+
+    def accept(self, path, data=None, problem=None):
+        """Take one inbox file: reject it whole or move it to processing/ and enqueue its items."""
+        path = Path(path)
+        name = path.name
+        with self._lock:
+            if not path.exists() and not path.is_symlink():
+                return None
+            errors = [problem] if problem else []
+            items = []
+            if not errors:
+                try:
+                    items = parse_manifest(data if data is not None else self.read(path))
+                except ManifestError as exc:
+                    errors = exc.problems
+                except OSError as exc:
+                    errors = [f"manifest: cannot be read ({exc.strerror or exc}); symlinks are not followed"]
+            if errors:
+                return self._reject(path, errors)
+            target = free_name(self.processing, name)
+            os.replace(path, self.processing / target)
+            record = self.queue.create_manifest(target, items=len(items))
+        ids = self.queue.enqueue(items, manifest=record)
+        log.info("manifest %s: accepted with %d item(s): ids %s", target, len(items), _ids_text(ids))
+        return record
+
+    def _reject(self, path, errors):
+        target = free_name(self.failed, path.name)
+        os.replace(path, self.failed / target)
+        record = self.queue.create_manifest(target, status="failed", errors=errors)
+        self.queue.finish_manifest(record.id, "failed", target, errors)
+        result = {"manifest": target, "status": "failed", "finished_at": iso(utcnow()),
+                  "errors": errors, "items": []}
+        write_json_atomic(self.failed / f"{target[:-5]}.result.json", result)
+        log.error("manifest %s rejected: %s", target, "; ".join(errors))
+        self.bus.publish("manifest.failed", {"manifest": target, "status": "failed", "errors": errors, "items": []})
+        return record
+
+    def resume(self):
+        """At start: manifests in processing/ that the database does not know yet are enqueued."""
+        known = {record.name for record in self.queue.open_manifests()}
+        for path in sorted(self.processing.iterdir()):
+            if is_manifest_name(path.name) and path.name not in known:
+                try:
+                    items = parse_manifest(self.read(path))
+                except (ManifestError, OSError) as exc:
+                    problems = exc.problems if isinstance(exc, ManifestError) else [str(exc)]
+                    with self._lock:
+                        self._reject(path, problems)
+                    continue
+                record = self.queue.create_manifest(path.name, items=len(items))
+                self.queue.enqueue(items, manifest=record)
+                log.info("manifest %s: resumed from processing/", path.name)
+
+    # -- completion --------------------------------------------------------------
+    def maybe_finish(self, manifest_id):
+        """File a manifest away once all its items have ended."""
+        if manifest_id is None:
+            return
+        with self._lock:
+            if self.queue.manifest_pending(manifest_id):
+                return
+            records = [r for r in self.queue.open_manifests() if r.id == manifest_id]
+            if not records:
+                return  # already finished by another worker
+            record = records[0]
+            rows = self.queue.manifest_items(manifest_id)
+            ok = bool(rows) and all(r.state == Status.COMPLETED.value for r in rows)
+            status = "done" if ok else "failed"
+            folder = self.done if ok else self.failed
+            source = self.processing / record.name
+            target = free_name(folder, record.name)
+            items = [{"index": r.manifest_index, "id": r.id, "status": r.state, "path": r.path,
+                      "sha256": r.sha256, "verified": bool(r.verified), "bytes": r.bytes,
+                      "error": r.error} for r in rows]
+            result = {"manifest": target, "status": status, "finished_at": iso(utcnow()), "errors": [],
+                      "items": items}
+            # Result first, then the manifest: a host app waiting for the manifest finds its result too.
+            write_json_atomic(folder / f"{target[:-5]}.result.json", result)
+            if source.exists():
+                os.replace(source, folder / target)
+            self.queue.finish_manifest(manifest_id, status, target)
+        log.info("manifest %s: %s (%d item(s))", target, status, len(items))
+        self.bus.publish(f"manifest.{status}", {"manifest": target, "status": status, "items": items,
+                                                 "errors": []})
+
+
+def _ids_text(ids):
+    if len(ids) <= 10:
+        return ", ".join(map(str, ids))
+    return f"{ids[0]}…{ids[-1]}"

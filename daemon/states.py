@@ -1,0 +1,61 @@
+"""Download states and the one table of allowed transitions (SPEC §6)."""
+import enum
+
+from .errors import InvalidTransition
+
+
+class Status(str, enum.Enum):
+    QUEUED = "queued"
+    DOWNLOADING = "downloading"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self):
+        return self.value
+
+
+ENDED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+TRANSITIONS = {
+    Status.QUEUED: {Status.DOWNLOADING, Status.PAUSED, Status.CANCELLED, Status.COMPLETED, Status.FAILED},
+    Status.DOWNLOADING: {Status.QUEUED, Status.PAUSED, Status.CANCELLED, Status.COMPLETED, Status.FAILED},
+    Status.PAUSED: {Status.QUEUED, Status.CANCELLED},
+    Status.FAILED: {Status.QUEUED},
+    Status.CANCELLED: {Status.QUEUED},
+    Status.COMPLETED: set(),
+}
+
+# The user-facing actions and the state each one leads to.
+ACTIONS = {
+    "pause": Status.PAUSED,
+    "resume": Status.QUEUED,
+    "cancel": Status.CANCELLED,
+    "retry": Status.QUEUED,
+}
+
+# resume only leaves paused; retry only leaves failed/cancelled.
+ACTION_SOURCES = {
+    "pause": {Status.QUEUED, Status.DOWNLOADING},
+    "resume": {Status.PAUSED},
+    "cancel": {Status.QUEUED, Status.DOWNLOADING, Status.PAUSED},
+    "retry": {Status.FAILED, Status.CANCELLED},
+}
+
+
+def check_transition(current, target):
+    """Raise InvalidTransition unless current → target is allowed."""
+    current, target = Status(current), Status(target)
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(f"cannot go from {current} to {target}")
+
+
+def check_action(action, current):
+    """Return the target state of a user action, or raise InvalidTransition."""
+    if action not in ACTIONS:
+        raise InvalidTransition(f"unknown action {action!r}")
+    current = Status(current)
+    if current not in ACTION_SOURCES[action]:
+        raise InvalidTransition(f"cannot {action} a download that is {current}")
+    return ACTIONS[action]

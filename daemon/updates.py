@@ -1,0 +1,206 @@
+"""The model update check: daily with APScheduler, and on demand (SPEC §9)."""
+import json
+import logging
+import threading
+import time
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from . import sidecars
+from .civitai import NotOnCivitai, file_sha256, newest_version, primary_file
+from .errors import DaemonError
+from .manifest import Item
+from .models import Download, ModelUpdate, db, iso
+from .states import Status
+
+log = logging.getLogger("daemon.updates")
+
+BATCH = 100
+MIN_CALL_INTERVAL = 1.0
+
+
+class UpdateChecker:
+    """Finds newer versions (or re-uploads) of models with a completed download."""
+
+    def __init__(self, settings, client, queue, bus):
+        self.settings = settings
+        self.client = client
+        self.queue = queue
+        self.bus = bus
+        self.config = settings.update_check
+        self._lock = threading.Lock()
+        self._last_call = 0.0
+        self.scheduler = None
+
+    def start(self):
+        if not self.config.get("enabled"):
+            log.info("daily update check disabled (update_check.enabled: false)")
+            return
+        hour, minute = (int(x) for x in self.config["time"].split(":"))
+        self.scheduler = BackgroundScheduler(daemon=True)
+        self.scheduler.add_job(self._scheduled, CronTrigger(hour=hour, minute=minute), id="update-check",
+                               max_instances=1, coalesce=True, misfire_grace_time=3600)
+        self.scheduler.start()
+        job = self.scheduler.get_job("update-check")
+        log.info("daily update check at %s local time (next run %s)", self.config["time"], job.next_run_time)
+
+    def stop(self):
+        if self.scheduler:
+            self.scheduler.shutdown(wait=False)
+
+    def _scheduled(self):
+        try:
+            self.check_now()
+        except Exception:
+            log.exception("scheduled update check failed")
+
+    # -- queries ---------------------------------------------------------------
+    def list(self, limit=50, offset=0):
+        with db.connection_context():
+            query = ModelUpdate.select()
+            total = query.count()
+            rows = list(query.order_by(ModelUpdate.id.desc()).limit(limit).offset(offset))
+        return [{"id": r.id, "modelId": r.model_id, "modelVersionId": r.version_id, "model_name": r.model_name,
+                 "version_name": r.version_name, "previous_version_id": r.previous_version_id,
+                 "reason": r.reason, "sha256": r.sha256, "detected_at": iso(r.detected_at), "state": r.state,
+                 "download_id": r.download_id} for r in rows], total
+
+    # -- the check ---------------------------------------------------------------
+    def _pace(self):
+        wait = self._last_call + MIN_CALL_INTERVAL - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_call = time.monotonic()
+
+    def _fetch_models(self, ids, problems):
+        """Model JSON by id, in bulk; a failed batch is retried once, then model by model."""
+        found = {}
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start:start + BATCH]
+            items = None
+            for _ in range(2):
+                self._pace()
+                try:
+                    items = self.client.models(batch)
+                    break
+                except DaemonError as exc:
+                    log.warning("update check: bulk lookup of %d model(s) failed: %s", len(batch), exc)
+            for model in items or []:
+                if isinstance(model, dict) and model.get("id") in batch:
+                    found[model["id"]] = model
+            for model_id in batch:  # missing from the list is not a deletion: ask once by id
+                if model_id in found:
+                    continue
+                self._pace()
+                try:
+                    found[model_id] = self.client.model(model_id)
+                except NotOnCivitai:
+                    problems.append(f"model {model_id} is no longer on Civitai (deleted or unpublished)")
+                except DaemonError as exc:
+                    problems.append(f"model {model_id}: {exc}")
+        return found
+
+    def check_now(self):
+        """Run one check (one at a time); returns a summary."""
+        with self._lock:
+            return self._check()
+
+    def _check(self):
+        started = time.monotonic()
+        with db.connection_context():
+            downloaded = list(Download.select().where((Download.state == Status.COMPLETED.value)
+                                                      & Download.model_id.is_null(False)
+                                                      & Download.parent.is_null())
+                              .order_by(Download.id))
+        by_model = {}
+        for row in downloaded:
+            by_model.setdefault(row.model_id, []).append(row)
+        problems = []
+        models = self._fetch_models(sorted(by_model), problems)
+        found = []
+        for model_id, model in models.items():
+            try:
+                update = self._compare(model, by_model[model_id])
+            except Exception as exc:  # one odd model must not end the check
+                log.exception("update check: model %s", model_id)
+                problems.append(f"model {model_id}: {exc}")
+                continue
+            if update:
+                found.append(update)
+        for problem in problems:
+            log.warning("update check: %s", problem)
+        log.info("update check: %d model(s) checked, %d update(s), %d problem(s) in %.1f s",
+                 len(models), len(found), len(problems), time.monotonic() - started)
+        return {"checked": len(models), "updates": found, "problems": problems,
+                "duration": round(time.monotonic() - started, 2)}
+
+    def _compare(self, model, rows):
+        newest = newest_version(model)
+        if newest is None:
+            return None
+        have = {row.version_id: row for row in rows if row.version_id}
+        latest_row = max(rows, key=lambda r: r.id)
+        file = primary_file(newest)
+        new_sha = file_sha256(file)
+        if newest["id"] in have:
+            row = have[newest["id"]]
+            if not new_sha or not row.sha256 or new_sha == row.sha256:
+                self._refresh_metadata(row, newest)
+                return None
+            reason, previous = "re-uploaded", row
+        else:
+            reason, previous = "new version", latest_row
+        with db.connection_context():
+            if ModelUpdate.select().where((ModelUpdate.model_id == model["id"])
+                                          & (ModelUpdate.version_id == newest["id"])
+                                          & (ModelUpdate.sha256 == new_sha)).exists():
+                return None
+            record = ModelUpdate.create(model_id=model["id"], version_id=newest["id"], model_name=model.get("name"),
+                                        version_name=newest.get("name"), previous_version_id=previous.version_id,
+                                        sha256=new_sha, reason=reason)
+        log.warning("upgrade: model %s '%s': version %s → %s (%s)", model["id"], model.get("name"),
+                    previous.version_id, newest["id"], reason)
+        data = {"modelId": model["id"], "modelVersionId": newest["id"], "model_name": model.get("name"),
+                "version_name": newest.get("name"), "previous_version_id": previous.version_id, "reason": reason}
+        if self.config.get("auto_download"):
+            filename = None
+            if reason == "re-uploaded" and previous.filename:  # never overwrite the old file
+                stem, dot, ext = previous.filename.rpartition(".")
+                filename = f"{stem or ext}-{(new_sha or 'new')[:8]}{dot}{ext if stem else ''}"
+            item = Item(index=0, version_id=newest["id"], model_id=model["id"], sha256=new_sha, filename=filename,
+                        subdir=previous.subdir if previous.subdir is not None else _subdir_of(previous, self.settings))
+            ids = self.queue.enqueue([item])
+            with db.connection_context():
+                ModelUpdate.update(state="queued", download=ids[0]).where(ModelUpdate.id == record.id).execute()
+            data["download_id"] = ids[0]
+        self.bus.publish("model.update", data)
+        return data
+
+    def _refresh_metadata(self, row, version):
+        """Same file, newer metadata: refresh the stored info and the .civitai.info sidecar."""
+        if not row.civitai_info:
+            return
+        stored = json.loads(row.civitai_info)
+        changed = {k: v for k, v in version.items() if k in ("name", "description", "trainedWords", "baseModel")
+                   and stored.get(k) != v}
+        if not changed:
+            return
+        stored.update(changed)
+        text = json.dumps(stored, separators=(",", ":"))
+        self.queue.update(row.id, civitai_info=text, version_name=stored.get("name"))
+        if self.settings.sidecars and row.path:
+            info_path, _ = sidecars.paths_for(row.path)
+            if info_path.exists():
+                info_path.write_text(json.dumps(stored, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _subdir_of(row, settings):
+    """The folder of an earlier download, relative to download_dir."""
+    if not row.path:
+        return None
+    from pathlib import Path
+    try:
+        return str(Path(row.path).parent.relative_to(settings.download_dir)) or ""
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""The web side: bottle app, WebSocket feed and the GUI's static files."""

@@ -1,0 +1,282 @@
+"""The bottle app: REST API, WebSocket feed, GUI and health/metrics routes (SPEC §8).
+
+Handlers run as greenlets on the hub. Every database call goes through the
+hub's native thread pool (`_db`), so SQLite never blocks the hub and greenlets
+never share a connection.
+"""
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+
+import bottle
+import gevent
+from xstatic.pkg import bootstrap as xstatic_bootstrap
+
+from .. import __version__
+from ..errors import InvalidTransition, ManifestError, NotFound
+from ..manifest import parse_items
+from ..states import ACTIONS, Status
+from . import openapi
+
+log = logging.getLogger("daemon.web")
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY = 32 << 20
+MAX_LIMIT = 1000
+STATES = [s.value for s in Status]
+
+bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
+
+
+class ApiError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _db(fn, *args, **kwargs):
+    """Run a blocking (database) call off the hub."""
+    return gevent.get_hub().threadpool.apply(fn, args, kwargs)
+
+
+def _int_param(name, default, minimum=0, maximum=None):
+    raw = bottle.request.query.get(name)
+    if raw in (None, ""):
+        return default
+    if not raw.isdigit():
+        raise ApiError(400, f"{name} must be a non-negative integer, got {raw[:40]!r}")
+    value = int(raw)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ApiError(400, f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _id(raw):
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, f"download id must be a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _json_body():
+    raw = bottle.request.body.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"body larger than {MAX_BODY >> 20} MiB")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "body must be JSON (Content-Type: application/json)") from None
+
+
+def _bearer():
+    header = bottle.request.get_header("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _matches(given, expected):
+    # compare_digest on equal-length digests: no timing signal about the token's length or prefix.
+    import hashlib
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
+
+
+class WebApp:
+    """Builds the bottle application around the daemon's parts."""
+
+    def __init__(self, settings, queue, feed, status, health=None, updates=None, metrics_text=None):
+        self.settings = settings
+        self.queue = queue
+        self.feed = feed
+        self.status = status              # callable → status dict (off-hub)
+        self.health = health              # callable → (ok, problems)
+        self.updates = updates            # object with list() and check_now()
+        self.metrics_text = metrics_text  # callable → (bytes, content_type)
+        self.app = bottle.Bottle()
+        self._routes()
+
+    # -- auth ---------------------------------------------------------------
+    def _role(self, websocket=False):
+        admin, viewer = self.settings.api_token, self.settings.viewer_token
+        if not admin and not viewer:
+            return "admin"
+        given = _bearer() or (bottle.request.query.get("token", "") if websocket else "")
+        if given and admin and _matches(given, admin):
+            return "admin"
+        if given and viewer and _matches(given, viewer):
+            return "viewer"
+        if not admin:  # only a viewer token configured: the admin side stays open
+            return "admin" if not given else None
+        return None
+
+    def _guard(self, handler, write=False, websocket=False):
+        def wrapped(*args, **kwargs):
+            try:
+                role = self._role(websocket)
+                if role is None:
+                    raise ApiError(401, "missing or wrong token: send Authorization: Bearer <api_token>")
+                if write and role != "admin":
+                    raise ApiError(403, "this token is read-only (viewer_token); use the api_token to change things")
+                bottle.request.environ["civitai.role"] = role
+                return handler(*args, **kwargs)
+            except ApiError as exc:
+                return self._error(exc.status, exc.message)
+            except NotFound as exc:
+                return self._error(404, str(exc))
+            except InvalidTransition as exc:
+                return self._error(409, str(exc))
+            except ManifestError as exc:
+                return self._error(400, "; ".join(exc.problems))
+            except bottle.HTTPResponse:
+                raise
+            except Exception:
+                log.exception("unexpected error in %s %s", bottle.request.method, bottle.request.path)
+                return self._error(500, "internal error; see logs/error.log")
+        return wrapped
+
+    @staticmethod
+    def _error(status, message):
+        bottle.response.status = status
+        bottle.response.content_type = "application/json"
+        return json.dumps({"error": message})
+
+    def _json(self, data, status=200):
+        bottle.response.status = status
+        bottle.response.content_type = "application/json"
+        return json.dumps(data)
+
+    # -- routes -------------------------------------------------------------
+    def _routes(self):
+        app = self.app
+        get = lambda path, fn: app.route(path, "GET", self._guard(fn))  # noqa: E731
+        post = lambda path, fn: app.route(path, "POST", self._guard(fn, write=True))  # noqa: E731
+
+        app.route("/", "GET", lambda: bottle.redirect("gui"))
+        app.route("/gui", "GET", self.gui)
+        app.route("/gui/", "GET", lambda: bottle.redirect("../gui"))
+        app.route("/static/bootstrap/<path:path>", "GET", self.bootstrap_file)
+        app.route("/static/<path:path>", "GET", self.static_file)
+        app.route("/healthz", "GET", self.healthz)
+        app.route("/metrics", "GET", self.prometheus)
+        get("/api/status", self.api_status)
+        post("/api/download", self.api_download)
+        post("/api/batch", self.api_batch)
+        get("/api/downloads", self.api_downloads)
+        get("/api/downloads/<download_id>", self.api_download_one)
+        post("/api/downloads/<download_id>/<action>", self.api_action)
+        get("/api/completed", self.api_completed)
+        get("/api/metrics", self.api_metrics)
+        get("/api/manifests", self.api_manifests)
+        get("/api/updates", self.api_updates)
+        post("/api/updates/check", self.api_updates_check)
+        get("/api/openapi.json", lambda: self._json(openapi.document(__version__)))
+        app.route("/ws/downloads", "GET", self._guard(self.ws_downloads, websocket=True))
+        for code in (400, 404, 405, 413, 500):
+            app.error(code)(self._bottle_error)
+
+    def _bottle_error(self, error):
+        bottle.response.content_type = "application/json"
+        message = {404: "no such route", 405: "method not allowed"}.get(error.status_code, error.body or "error")
+        return json.dumps({"error": message if isinstance(message, str) else "error"})
+
+    def gui(self):
+        return bottle.static_file("index.html", root=str(STATIC), mimetype="text/html; charset=utf-8")
+
+    def static_file(self, path):
+        return bottle.static_file(path, root=str(STATIC))
+
+    def bootstrap_file(self, path):
+        return bottle.static_file(path, root=xstatic_bootstrap.BASE_DIR)
+
+    def healthz(self):
+        ok, problems = self.health() if self.health else (True, [])
+        if ok:
+            return self._json({"ok": True})
+        return self._json({"ok": False, "problems": problems}, 503)
+
+    def prometheus(self):
+        body, content_type = _db(self.metrics_text)
+        bottle.response.content_type = content_type
+        return body
+
+    def api_status(self):
+        status = _db(self.status)
+        status["role"] = bottle.request.environ.get("civitai.role", "admin")
+        return self._json(status)
+
+    def _items_from(self, data, single):
+        if single and not isinstance(data, dict):
+            raise ApiError(400, "body must be one item object, e.g. {\"url\": \"https://…\"} or "
+                                "{\"modelVersionId\": 130072}")
+        if single and "items" in data:
+            raise ApiError(400, "POST /api/download takes one item; send manifests to /api/batch")
+        return parse_items(data)
+
+    def api_download(self):
+        items = self._items_from(_json_body(), single=True)
+        ids = _db(self.queue.enqueue, items)
+        return self._json({"id": ids[0]}, 202)
+
+    def api_batch(self):
+        items = self._items_from(_json_body(), single=False)
+        ids = _db(self.queue.enqueue, items)
+        return self._json({"ids": ids}, 202)
+
+    def _page(self):
+        return _int_param("limit", 50, 1, MAX_LIMIT), _int_param("offset", 0, 0, 10**12)
+
+    def api_downloads(self):
+        state = bottle.request.query.get("state") or None
+        if state is not None and state not in STATES:
+            raise ApiError(400, f"state must be one of {', '.join(STATES)}, got {state[:40]!r}")
+        limit, offset = self._page()
+        items, total = _db(self.queue.list, state=state, limit=limit, offset=offset)
+        return self._json({"items": items, "total": total, "limit": limit, "offset": offset})
+
+    def api_download_one(self, download_id):
+        from ..queue import download_dict
+        row = _db(self.queue.get, _id(download_id))
+        return self._json(_db(download_dict, row, self.queue.progress))
+
+    def api_action(self, download_id, action):
+        if action not in ACTIONS:
+            raise ApiError(404, f"unknown action {action[:40]!r}; use one of {', '.join(ACTIONS)}")
+        return self._json(_db(self.queue.action, _id(download_id), action))
+
+    def api_completed(self):
+        limit, offset = self._page()
+        items, total = _db(self.queue.list, limit=limit, offset=offset, completed_only=True)
+        return self._json({"items": items, "total": total, "limit": limit, "offset": offset})
+
+    def api_metrics(self):
+        return self._json(_db(self.queue.metrics))
+
+    def api_manifests(self):
+        limit, offset = self._page()
+        items, total = _db(self.queue.manifests, limit=limit, offset=offset)
+        return self._json({"items": items, "total": total, "limit": limit, "offset": offset})
+
+    def api_updates(self):
+        limit, offset = self._page()
+        if self.updates is None:
+            return self._json({"items": [], "total": 0, "limit": limit, "offset": offset})
+        items, total = _db(self.updates.list, limit=limit, offset=offset)
+        return self._json({"items": items, "total": total, "limit": limit, "offset": offset})
+
+    def api_updates_check(self):
+        if self.updates is None:
+            raise ApiError(503, "the update checker is not running")
+        return self._json(_db(self.updates.check_now))
+
+    def ws_downloads(self):
+        ws = bottle.request.environ.get("wsgi.websocket")
+        if ws is None:
+            raise ApiError(400, "this route needs a WebSocket upgrade (ws://…/ws/downloads)")
+        snapshot = _db(self.status)
+        self.feed.serve(ws, snapshot)
+        return ""
+
+
+def started_clock():
+    return time.monotonic()

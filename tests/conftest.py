@@ -1,0 +1,163 @@
+"""Fixtures that run the real daemon process against a local fake Civitai."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fakeciv import FakeCivitai  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition, timeout=20.0, interval=0.05, message="condition"):
+    """Poll `condition` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class DaemonProcess:
+    """One real `civitai-daemon run` process in its own folder."""
+
+    def __init__(self, home, config):
+        self.home = Path(home)
+        self.config = config
+        self.proc = None
+        self.port = None
+        self.token = config.get("api_token")
+
+    @property
+    def config_path(self):
+        return self.home / "config.yaml"
+
+    def write_config(self):
+        lines = [f"{k}: {json.dumps(v)}" for k, v in self.config.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, wait=True, env=None):
+        if not self.config_path.exists():
+            self.write_config()
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        full_env.pop("CIVITAI_API_TOKEN", None)
+        full_env.update(env or {})
+        self.stderr = open(self.home / "stderr.txt", "ab")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config", str(self.config_path)],
+                                     cwd=self.home, stdout=subprocess.PIPE, stderr=self.stderr, env=full_env)
+        if wait:
+            line = self.proc.stdout.readline().decode()
+            if "running" not in line:
+                self.proc.wait(5)
+                raise AssertionError(f"daemon did not start: {line!r} {self.read_stderr()}")
+            self.port = int(line.split(":")[-1].split("/")[0])
+            wait_for(lambda: self._healthy(), 10, message="daemon health")
+        return self
+
+    def _healthy(self):
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def read_stderr(self):
+        return (self.home / "stderr.txt").read_text(errors="replace")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def headers(self):
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def get(self, path, **kwargs):
+        return requests.get(self.url + path, headers=self.headers(), timeout=10, **kwargs)
+
+    def post(self, path, body=None, **kwargs):
+        return requests.post(self.url + path, json=body, headers=self.headers(), timeout=10, **kwargs)
+
+    def drop(self, name, manifest):
+        """Write a manifest the safe way: a dotfile, then rename into inbox/."""
+        inbox = self.home / "inbox"
+        inbox.mkdir(exist_ok=True)
+        tmp = inbox / f".{name}.tmp"
+        tmp.write_text(json.dumps(manifest))
+        os.replace(tmp, inbox / name)
+
+    def result(self, name, timeout=60):
+        stem = name[:-5]
+        def find():
+            for folder in ("done", "failed"):
+                path = self.home / folder / f"{stem}.result.json"
+                if path.exists() and (self.home / folder / name).exists():
+                    return folder, json.loads(path.read_text())
+            return None
+        return wait_for(find, timeout, message=f"result of {name}")
+
+    def download(self, download_id):
+        return self.get(f"/api/downloads/{download_id}").json()
+
+    def wait_state(self, download_id, states, timeout=60):
+        states = {states} if isinstance(states, str) else set(states)
+        return wait_for(lambda: (d := self.download(download_id))["state"] in states and d, timeout,
+                        message=f"download {download_id} in {states}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("daemon did not stop in time")
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        return self.proc.returncode if self.proc else None
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+    def logs(self):
+        path = self.home / "logs" / "download.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    server = FakeCivitai(tmp_path / "fake").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_daemon(tmp_path, fake):
+    """Factory: make_daemon(**config) → a started DaemonProcess (stopped at teardown)."""
+    started = []
+
+    def factory(start=True, home=None, **config):
+        base = {"civitai_base_url": fake.base_url, "backoff": 0.05, "backoff_max": 0.5, "timeout": 5,
+                "retries": 3, "log_level": "DEBUG", "workers": 2}
+        base.update(config)
+        folder = Path(home) if home else tmp_path / f"daemon{len(started)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        daemon = DaemonProcess(folder, base)
+        started.append(daemon)
+        return daemon.start() if start else daemon
+
+    yield factory
+    for daemon in started:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.stop(signal.SIGKILL)
