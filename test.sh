@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 install.py --no-start
-exec uv run --frozen pytest "$@"
+UV="$(command -v uv || true)"
+[ -n "$UV" ] || UV="$HOME/.local/bin/uv"
+exec "$UV" run --frozen pytest "$@"
