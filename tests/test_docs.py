@@ -1,0 +1,62 @@
+"""The README cannot drift from the code: settings, manifest example, routes, commands."""
+import json
+import re
+from pathlib import Path
+
+from daemon.manifest import ITEM_FIELDS, parse_manifest
+from daemon.settings import NESTED, SETTINGS, default_config_text, load
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _config_rows():
+    return set(re.findall(r"^\| `([a-z_.]+)` \|", README, re.M))
+
+
+def test_readme_config_table_covers_every_setting():
+    rows = _config_rows()
+    expected = set()
+    for setting in SETTINGS:
+        if setting.name in NESTED:
+            expected |= {f"{setting.name}.{key}" for key in NESTED[setting.name]}
+        else:
+            expected.add(setting.name)
+    assert expected - rows == set(), "settings missing from the README table"
+    assert {r for r in rows if "." in r or r.endswith(("_dir", "token"))} - expected - set(ITEM_FIELDS) == set()
+
+
+def test_readme_lists_every_manifest_field():
+    for field in ITEM_FIELDS:
+        assert f"| `{field}` |" in README
+
+
+def test_example_manifest_is_valid_and_shown_in_readme():
+    text = (ROOT / "examples" / "manifest.json").read_text()
+    items = parse_manifest(text)
+    assert len(items) == 4
+    assert json.loads(text)["items"][0] == {"modelVersionId": 130072}
+    assert '{"modelVersionId": 130072}' in README
+
+
+def test_readme_starts_with_the_two_commands():
+    block = README.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["python3 install.py", "bash test.sh"]
+    assert "bash ./test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_lists_every_route():
+    for route in ("/api/status", "/api/download", "/api/batch", "/api/downloads", "/api/completed",
+                  "/api/metrics", "/api/manifests", "/api/updates", "/ws/downloads", "/healthz", "/metrics",
+                  "/api/openapi.json", "/gui"):
+        assert route in README, route
+
+
+def test_default_config_loads_and_is_commented(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(default_config_text())
+    settings = load(path)
+    assert settings.active_port is None
+    assert settings.download_dir == tmp_path / "downloads"
+    assert default_config_text().count("\n# ") >= len(SETTINGS)
