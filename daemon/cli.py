@@ -7,6 +7,12 @@ from . import __version__
 COMMANDS = ("run", "status", "list", "add", "cancel", "pause", "resume", "retry", "check-updates")
 
 
+def _download_id(text):
+    if not (text.isascii() and text.isdigit()) or int(text) < 1 or len(text) > 18:
+        raise argparse.ArgumentTypeError(f"download id must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help="path of config.yaml (default ./config.yaml)")
@@ -28,7 +34,7 @@ def build_parser():
     add.add_argument("--subdir")
     for name in ("cancel", "pause", "resume", "retry"):
         action = sub.add_parser(name, parents=[common], help=f"{name} a download")
-        action.add_argument("id", help="download id")
+        action.add_argument("id", type=_download_id, help="download id")
     sub.add_parser("check-updates", parents=[common], help="run the model update check now")
     return parser
 

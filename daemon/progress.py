@@ -11,11 +11,11 @@ class Progress:
         self._items = {}
         self.version = 0
 
-    def start(self, download_id, offset, total):
+    def start(self, download_id, offset, total, filename=None):
         with self._lock:
             now = time.monotonic()
-            self._items[download_id] = {"bytes": offset, "total": total, "speed": 0.0, "eta": None,
-                                        "_t": now, "_b": offset}
+            self._items[download_id] = {"filename": filename, "bytes": offset, "total": total, "speed": 0.0,
+                                        "eta": None, "_t": now, "_b": offset}
             self.version += 1
 
     def advance(self, download_id, done, total):
@@ -52,5 +52,5 @@ class Progress:
 
 
 def _public(download_id, item):
-    return {"id": download_id, "bytes": item["bytes"], "total": item["total"],
+    return {"id": download_id, "filename": item["filename"], "bytes": item["bytes"], "total": item["total"],
             "speed": round(item["speed"], 1), "eta": item["eta"]}

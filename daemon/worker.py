@@ -183,7 +183,7 @@ class WorkerPool:
 
         def on_name(filename, total):
             self.queue.update(row.id, filename=filename, path=str(folder / filename), total=total)
-            self.progress.start(row.id, 0, total)
+            self.progress.start(row.id, 0, total, filename)
 
         def on_progress(done, total):
             self.progress.advance(row.id, done, total)
