@@ -6,9 +6,9 @@ a query parameter and never to a storage host.
 import datetime
 import json
 import logging
+import re
 import threading
-import time
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 import tenacity
@@ -57,6 +57,28 @@ def primary_file(version):
         for file in files:
             if test(file):
                 return file
+    return None
+
+
+FILE_PARAMS = ("type", "format", "size", "fp", "fileId")
+
+
+def chosen_file(version, url=None):
+    """The file a download URL asks for: its ?type=/format=/size=/fp=/fileId= pick a non-primary file."""
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url or "").query).items() if k in FILE_PARAMS}
+    if not query:
+        return primary_file(version)
+    for file in version.get("files") or []:
+        if not isinstance(file, dict):
+            continue
+        meta = file.get("metadata") or {}
+        if "fileId" in query and str(file.get("id")) != query["fileId"]:
+            continue
+        if "type" in query and file.get("type") != query["type"]:
+            continue
+        if any(k in query and str(meta.get(k)) != query[k] for k in ("format", "size", "fp")):
+            continue
+        return file
     return None
 
 
@@ -159,10 +181,26 @@ def download_url(base, version_id):
     return f"{base.rstrip('/')}/api/download/models/{int(version_id)}"
 
 
-def describe(version, model=None):
+def ids_from_url(url, hosts):
+    """(modelId, modelVersionId) named by a download or model-page URL on one of `hosts`."""
+    parts = urlsplit(url or "")
+    host = (parts.hostname or "").lower()
+    if not host or not any(host == h or host.endswith("." + h) for h in hosts):
+        return None, None
+    match = re.match(r"^/api/download/models/(\d+)", parts.path)
+    if match:
+        return None, int(match.group(1))
+    match = re.match(r"^/models/(\d+)", parts.path)
+    if match:
+        version = parse_qs(parts.query).get("modelVersionId", [""])[0]
+        return int(match.group(1)), int(version) if version.isdigit() else None
+    return None, None
+
+
+def describe(version, model=None, url=None):
     """The fields a download stores from a version (and optionally its model) JSON."""
     model_info = version.get("model") or {}
-    file = primary_file(version)
+    file = chosen_file(version, url)
     size = None
     if file and isinstance(file.get("sizeKB"), (int, float)):
         size = round(file["sizeKB"] * 1024)
@@ -199,22 +237,27 @@ class Resolver:
         self.settings = settings
         self.client = client
 
+    def _ids(self, row):
+        url_model, url_version = ids_from_url(row.url, self.client.hosts)
+        return row.model_id or url_model, row.version_id or url_version
+
     def wants(self, row):
-        """Whether this download names a Civitai model or version."""
-        return bool(row.version_id or row.model_id)
+        """Whether this download names a Civitai model or version (by id, AIR or a Civitai URL)."""
+        return any(self._ids(row))
 
     def resolve(self, row):
         """Fields to store on the download; raises EarlyAccess / PermanentError / TransientError."""
-        version_id = row.version_id
+        model_id, version_id = self._ids(row)
         model = None
         if not version_id:
-            model = self.client.model(row.model_id)
+            model = self.client.model(model_id)
             newest = newest_version(model)
             if newest is None:
-                raise PermanentError(f"model {row.model_id} on Civitai has no downloadable version")
+                raise NotOnCivitai(f"model {model_id} on Civitai has no published version to download "
+                                   "(deleted, archived or unpublished)")
             version_id = newest["id"]
         version = self.client.version(version_id)
-        fields = describe(version, model)
+        fields = describe(version, model, row.url)
         until = early_access_until(version)
         if until:
             raise EarlyAccess(f"version {version_id} is in early access until {until.isoformat()}; "

@@ -1,8 +1,8 @@
-"""The background sender for the webhook and Telegram (SPEC §7).
+"""Background senders for the webhook and Telegram (SPEC §7).
 
-Subscribes to the bus and only appends to a bounded queue; one thread POSTs.
-A dead or slow receiver never slows a download: when the queue is full the
-oldest event is dropped (and logged once).
+The bus subscriber only appends to a bounded queue; each target has its own
+thread, so a dead or slow receiver never slows a download nor the other
+target. When a queue is full the oldest event is dropped (logged once).
 """
 import collections
 import hashlib
@@ -21,9 +21,11 @@ log = logging.getLogger("daemon.notify")
 ATTEMPTS = 3
 TIMEOUT = 10
 BACKLOG = 10_000
+SKIPPED = ("download.progress",)
 
 
 def sign(secret, body):
+    """The X-Civitai-Daemon-Signature value: sha256=<hex HMAC-SHA256 of the body>."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
@@ -36,6 +38,14 @@ def _size(n):
         n /= 1000
 
 
+def _took(seconds):
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
 def telegram_text(event):
     """A short readable message for one event."""
     data = event.data
@@ -45,120 +55,174 @@ def telegram_text(event):
         took = data.get("duration")
         lines = ["✅ Download completed", title, f"File: {data.get('filename')}", f"Size: {_size(data.get('bytes'))}"]
         if took is not None:
-            lines.append(f"Time: {took:.0f} s")
+            lines.append(f"Time: {_took(took)}")
+        if not data.get("verified"):
+            lines.append("Hash: not verified (no published SHA256)")
     elif event.name == "download.failed":
         lines = ["❌ Download failed", title, f"File: {data.get('filename') or data.get('url')}",
                  f"Why: {data.get('error')}"]
+    elif event.name == "download.cancelled":
+        lines = ["🚫 Download cancelled", title, f"File: {data.get('filename') or data.get('url')}"]
     elif event.name.startswith("manifest."):
-        failed = [i for i in data.get("items", []) if i.get("status") != "completed"]
+        items = data.get("items") or []
+        failed = [i for i in items if i.get("status") != "completed"]
         lines = [f"📄 Manifest {data.get('manifest')}: {data.get('status')}",
-                 f"{len(data.get('items', [])) - len(failed)} completed, {len(failed)} not"]
+                 f"{len(items) - len(failed)} completed, {len(failed)} not"]
         lines += [f"• {e}" for e in (data.get("errors") or [])[:5]]
         lines += [f"• item {i.get('index')}: {i.get('error')}" for i in failed[:5]]
     elif event.name == "model.update":
         lines = ["🆕 Model update", f"{data.get('model_name')} (model {data.get('modelId')})",
                  f"Version {data.get('previous_version_id')} → {data.get('modelVersionId')} "
                  f"{data.get('version_name') or ''}".rstrip()]
+        if data.get("reason") == "re-uploaded":
+            lines.append("The same version was re-uploaded with a new file.")
+        if data.get("download_id"):
+            lines.append(f"Downloading it (download {data['download_id']}).")
     else:
-        lines = [event.name, json.dumps(data)[:300]]
+        lines = [f"{event.name}: {title or data.get('filename') or data.get('id') or ''}".rstrip(": ")]
     return "\n".join(line for line in lines if line)
 
 
-class Notifier:
-    """Delivers events to the webhook and Telegram from one background thread."""
+class _Channel:
+    """One target: a bounded queue, one thread, 3 attempts with back-off, failures logged once."""
 
-    def __init__(self, settings, bus):
-        self.settings = settings
-        self.webhook = settings.webhook_url
-        self.secret = settings.webhook_secret
-        telegram = settings.telegram or {}
-        self.telegram_token = telegram.get("bot_token")
-        self.telegram_chat = telegram.get("chat_id")
-        self.telegram_events = set(telegram.get("events") or [])
-        self.telegram_base = settings.telegram_api_base
+    def __init__(self, name, build, wanted, backoff):
+        self.name = name
+        self.build = build          # event → (url, body bytes, headers)
+        self.wanted = wanted        # event → bool
+        self.backoff = backoff
         self._queue = collections.deque(maxlen=BACKLOG)
         self._cv = threading.Condition()
         self._stop = threading.Event()
-        self._thread = None
         self._deadline = float("inf")
-        self._failing = {}  # target → True while it fails (log once, not per attempt)
+        self._failing = False
+        self._dropping = False
+        self._thread = None
         self._session = requests.Session()
-        self._session.trust_env = False
+        self._session.trust_env = False  # no proxy or .netrc surprises for a secret-bearing POST
         self._session.headers["User-Agent"] = USER_AGENT
-        self.enabled = bool(self.webhook or (self.telegram_token and self.telegram_chat is not None))
-        if self.enabled:
-            bus.subscribe(self._on_event)
 
-    def _on_event(self, event):
-        if event.name == "download.progress" or event.name == "download.paused":
+    def offer(self, event):
+        if not self.wanted(event):
             return
         with self._cv:
-            if len(self._queue) == self._queue.maxlen:
-                log.warning("notification backlog full; dropping the oldest event")
+            if len(self._queue) == self._queue.maxlen and not self._dropping:
+                self._dropping = True
+                log.warning("%s backlog full (%d events); dropping the oldest", self.name, BACKLOG)
             self._queue.append(event)
             self._cv.notify()
 
     def start(self):
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name=f"notify-{self.name}", daemon=True)
+        self._thread.start()
 
-    def stop(self, timeout=2.0):
-        """Deliver what is queued within `timeout`, then stop."""
-        self._deadline = time.monotonic() + timeout
+    def stop(self, deadline):
+        self._deadline = deadline
         self._stop.set()
         with self._cv:
             self._cv.notify()
+
+    def join(self, deadline):
         if self._thread:
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self):
         while True:
             with self._cv:
                 while not self._queue and not self._stop.is_set():
                     self._cv.wait()
-                if not self._queue:
+                if not self._queue or time.monotonic() > self._deadline:
                     return
                 event = self._queue.popleft()
-            if self._stop.is_set() and time.monotonic() > getattr(self, "_deadline", 0):
-                return
+                if not self._queue:
+                    self._dropping = False
             try:
-                self._deliver(event)
-            except Exception:
-                log.exception("notification of %s failed", event.name)
+                url, body, headers = self.build(event)
+                self._post(url, body, headers)
+            except Exception:  # a bug here must never stop later notifications
+                log.exception("%s: could not send %s", self.name, event.name)
 
-    def _deliver(self, event):
-        if self.webhook:
+    def _post(self, url, body, headers):
+        problem = None
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                # The back-off waits on the stop event: shutdown is never stuck behind a retry.
+                if self._stop.wait(min(8.0, self.backoff * 2 ** attempt)) and time.monotonic() > self._deadline:
+                    break
+            try:
+                response = self._session.post(url, data=body, headers=headers, timeout=TIMEOUT)
+            except requests.RequestException as exc:
+                problem = type(exc).__name__
+                continue
+            response.close()
+            if response.status_code < 300:
+                if self._failing:
+                    self._failing = False
+                    log.info("%s delivers again", self.name)
+                return True
+            problem = f"answered {response.status_code}"
+            if 400 <= response.status_code < 500 and response.status_code != 429:
+                break  # the request itself is wrong; repeating it cannot help
+        if not self._failing:
+            self._failing = True
+            log.error("%s failed (%s after %d attempt(s)); events are dropped until it answers again",
+                      self.name, problem, ATTEMPTS)
+        return False
+
+
+class Notifier:
+    """Delivers events to the webhook and Telegram, each from its own background thread."""
+
+    def __init__(self, settings, bus):
+        self.settings = settings
+        self.secret = settings.webhook_secret
+        backoff = max(0.05, float(settings.backoff))
+        self.channels = []
+        if settings.webhook_url:
+            self.channels.append(_Channel("webhook", self._webhook_request(settings.webhook_url),
+                                          lambda e: e.name not in SKIPPED, backoff))
+        telegram = settings.telegram or {}
+        token, chat = telegram.get("bot_token"), telegram.get("chat_id")
+        if token and chat is not None:
+            events = set(telegram.get("events") or [])
+            url = f"{settings.telegram_api_base.rstrip('/')}/bot{token}/sendMessage"
+            self.channels.append(_Channel("telegram", self._telegram_request(url, chat),
+                                          lambda e: e.name in events, backoff))
+        self.enabled = bool(self.channels)
+        if self.enabled:
+            bus.subscribe(self._on_event)
+
+    def _webhook_request(self, url):
+        def build(event):
             body = json.dumps(event.as_dict(), separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json"}
             if self.secret:
                 headers["X-Civitai-Daemon-Signature"] = sign(self.secret, body)
-            self._post("webhook", self.webhook, body, headers)
-        if self.telegram_token and self.telegram_chat is not None and event.name in self.telegram_events:
-            body = json.dumps({"chat_id": self.telegram_chat, "text": telegram_text(event),
-                               "disable_web_page_preview": True}).encode()
-            url = f"{self.telegram_base}/bot{self.telegram_token}/sendMessage"
-            self._post("telegram", url, body, {"Content-Type": "application/json"})
+            return url, body, headers
+        return build
 
-    def _post(self, target, url, body, headers):
-        problem = None
-        for attempt in range(ATTEMPTS):
-            if attempt:
-                if self._stop.wait(min(8, 2 ** attempt)) and time.monotonic() > self._deadline:
-                    break
-            try:
-                response = self._session.post(url, data=body, headers=headers, timeout=TIMEOUT)
-                if response.status_code < 300:
-                    if self._failing.pop(target, None):
-                        log.info("%s delivers again", target)
-                    return True
-                problem = f"answered {response.status_code}"
-                if 400 <= response.status_code < 500 and response.status_code != 429:
-                    break
-            except requests.RequestException as exc:
-                problem = type(exc).__name__
-        if not self._failing.get(target):
-            log.error("%s unreachable (%s after %d attempts); events are dropped until it answers again",
-                      target, problem, ATTEMPTS)
-            self._failing[target] = True
-        return False
+    @staticmethod
+    def _telegram_request(url, chat):
+        def build(event):
+            body = json.dumps({"chat_id": chat, "text": telegram_text(event),
+                               "disable_web_page_preview": True}).encode()
+            return url, body, {"Content-Type": "application/json"}
+        return build
+
+    def _on_event(self, event):
+        if event.name in SKIPPED:
+            return
+        for channel in self.channels:
+            channel.offer(event)
+
+    def start(self):
+        for channel in self.channels:
+            channel.start()
+
+    def stop(self, timeout=2.0):
+        """Deliver what is queued within `timeout`, then stop."""
+        deadline = time.monotonic() + timeout
+        for channel in self.channels:
+            channel.stop(deadline)
+        for channel in self.channels:
+            channel.join(deadline)

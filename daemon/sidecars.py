@@ -55,31 +55,37 @@ def write(model_path, civitai_info, fetcher=None, settings=None):
 
 
 def _fetch_preview(url, base, settings):
+    """Download an image with care: http(s) only, no credentials, an image type, at most 32 MB, atomic."""
     if urlsplit(url).scheme not in ("http", "https"):
         raise ValueError("preview URL is not http(s)")
-    timeout = settings.timeout if settings else 30
-    with requests.get(url, headers={"User-Agent": USER_AGENT}, stream=True, timeout=timeout) as response:
-        if response.status_code != 200:
-            raise ValueError(f"preview answered {response.status_code}")
-        ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        ext = IMAGE_TYPES.get(ctype) or _ext_from_url(url)
-        if not ext:
-            raise ValueError(f"preview is not an image ({ctype or 'no content type'})")
-        target = base.with_name(f"{base.name}.preview.{ext}")
-        part = target.with_name(target.name + ".part")
-        size = 0
-        with open(part, "wb") as handle:
-            for chunk in response.iter_content(1 << 20):
-                size += len(chunk)
-                if size > MAX_PREVIEW:
-                    raise ValueError("preview image is larger than 32 MB")
-                handle.write(chunk)
-        expected = response.headers.get("Content-Length")
-        if expected and expected.isdigit() and int(expected) != size:
-            part.unlink(missing_ok=True)
-            raise ValueError("preview image was cut short")
-        os.replace(part, target)
-        return target
+    timeout = min(settings.timeout, 15) if settings else 15
+    with requests.Session() as session:
+        session.trust_env = False  # no .netrc or proxy credentials for an image host
+        with session.get(url, headers={"User-Agent": USER_AGENT}, stream=True, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise ValueError(f"preview answered {response.status_code}")
+            ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            ext = IMAGE_TYPES.get(ctype) or (_ext_from_url(url) if ctype in ("", "application/octet-stream")
+                                             else None)
+            if not ext:
+                raise ValueError(f"preview is not an image ({ctype or 'no content type'})")
+            target = base.with_name(f"{base.name}.preview.{ext}")
+            part = target.with_name(f".{target.name}.part")
+            try:
+                size = 0
+                with open(part, "wb") as handle:
+                    for chunk in response.iter_content(1 << 20):
+                        size += len(chunk)
+                        if size > MAX_PREVIEW:
+                            raise ValueError("preview image is larger than 32 MB")
+                        handle.write(chunk)
+                expected = response.headers.get("Content-Length")
+                if expected and expected.isdigit() and int(expected) != size:
+                    raise ValueError("preview image was cut short")
+                os.replace(part, target)
+            finally:
+                part.unlink(missing_ok=True)
+            return target
 
 
 def _ext_from_url(url):

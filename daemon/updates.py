@@ -31,6 +31,7 @@ class UpdateChecker:
         self.config = settings.update_check
         self._lock = threading.Lock()
         self._last_call = 0.0
+        self._last = None
         self.scheduler = None
 
     def start(self):
@@ -102,9 +103,15 @@ class UpdateChecker:
         return found
 
     def check_now(self):
-        """Run one check (one at a time); returns a summary."""
-        with self._lock:
-            return self._check()
+        """Run one check and return its summary; a call while one runs waits for it and shares its summary."""
+        if not self._lock.acquire(blocking=False):
+            with self._lock:  # the running check ends; its answer is fresh enough
+                return dict(self._last or {}, shared=True)
+        try:
+            self._last = self._check()
+            return self._last
+        finally:
+            self._lock.release()
 
     def _check(self):
         started = time.monotonic()
@@ -119,26 +126,37 @@ class UpdateChecker:
         problems = []
         models = self._fetch_models(sorted(by_model), problems)
         found = []
+        checked = 0
         for model_id, model in models.items():
             try:
                 update = self._compare(model, by_model[model_id])
+            except NotOnCivitai as exc:
+                problems.append(str(exc))
+                continue
             except Exception as exc:  # one odd model must not end the check
                 log.exception("update check: model %s", model_id)
                 problems.append(f"model {model_id}: {exc}")
                 continue
+            checked += 1
             if update:
                 found.append(update)
         for problem in problems:
             log.warning("update check: %s", problem)
         log.info("update check: %d model(s) checked, %d update(s), %d problem(s) in %.1f s",
-                 len(models), len(found), len(problems), time.monotonic() - started)
-        return {"checked": len(models), "updates": found, "problems": problems,
+                 checked, len(found), len(problems), time.monotonic() - started)
+        return {"checked": checked, "updates": found, "problems": problems,
                 "duration": round(time.monotonic() - started, 2)}
 
     def _compare(self, model, rows):
+        """The update this model offers over the downloaded `rows`, or None; NotOnCivitai when it is gone."""
+        name = model.get("name")
+        if model.get("mode") in ("Archived", "TakenDown"):
+            raise NotOnCivitai(f"model {model['id']} '{name}' was {model['mode'].lower()} on Civitai; "
+                               "no new versions can be downloaded")
         newest = newest_version(model)
         if newest is None:
-            return None
+            raise NotOnCivitai(f"model {model['id']} '{name}' has no published versions on Civitai any more "
+                               "(deleted or unpublished)")
         have = {row.version_id: row for row in rows if row.version_id}
         latest_row = max(rows, key=lambda r: r.id)
         file = primary_file(newest)
