@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import requests
 import tenacity
+import urllib3
 
 from . import __version__
 from .errors import Cancelled, DiskFull, EarlyAccess, HashMismatch, PermanentError, TransientError
@@ -202,6 +203,9 @@ class Fetcher:
     # -- the retry loop ------------------------------------------------------
     def fetch(self, job):
         """Download `job` to its final path and return a Result, or raise a DaemonError."""
+        in_place = self._already_in_place(job)
+        if in_place is not None:
+            return in_place
         partial = _Partial(filename=job.filename)
         settings = self.settings
 
@@ -233,8 +237,24 @@ class Fetcher:
             self._quarantine(job, partial, exc)
             raise
 
+    def _already_in_place(self, job):
+        """The expected file already at a name known before any request: done without downloading."""
+        if not job.expected_sha256:
+            return None
+        for name in dict.fromkeys(n for n in (job.filename, job.api_filename) if n):
+            target = job.folder / name
+            if target.is_file() and _hash_file(target) == job.expected_sha256:
+                return Result(target, name, job.expected_sha256, True, target.stat().st_size, existed=True)
+            if name == job.filename and target.exists():
+                # The name was asked for explicitly, so no server answer can change the outcome.
+                raise PermanentError(f"a different file already exists at {target}; move it away or choose "
+                                     "another filename, then retry")
+        return None
+
     # -- one attempt -----------------------------------------------------------
     def _attempt(self, job, partial):
+        if job.stop.is_set():  # paused, cancelled or shutting down before the first byte
+            raise Cancelled("stopped")
         response, final_url = self._open(job, partial)
         try:
             return self._receive(job, partial, response, final_url)
@@ -276,6 +296,9 @@ class Fetcher:
                 raise TransientError(f"no answer from {urlsplit(url).hostname} within {self.settings.timeout:g} s") from None
             except requests.exceptions.RequestException as exc:
                 raise PermanentError(f"bad request to {urlsplit(url).hostname}: {_short(exc)}") from None
+            except (urllib3.exceptions.LocationParseError, ValueError, UnicodeError) as exc:
+                # e.g. a host name label over 63 characters: the address itself is unusable.
+                raise PermanentError(f"unusable address {url.split('?')[0][:120]!r}: {_short(exc)}") from None
             if response.is_redirect:
                 location = response.headers.get("Location", "")
                 response.close()

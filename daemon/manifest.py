@@ -39,6 +39,8 @@ def filename_problem(name):
     """Why `name` is not a plain, safe file name, or None when it is."""
     if not isinstance(name, str) or not name:
         return "expected a non-empty string"
+    if len(name) > MAX_NAME_BYTES:  # cheap first: a 10 MB name need not be scanned
+        return f"is longer than {MAX_NAME_BYTES} bytes"
     if "/" in name or "\\" in name:
         return "must be a plain file name without / or \\"
     if name.strip() in (".", ".."):
@@ -79,14 +81,18 @@ def sanitize_filename(name):
     if not name:
         return None
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name).strip().strip(".")
-    name = _DRIVE.sub("", name)
+    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name)
+    previous = None
+    while name != previous:  # "C: ..x. " needs several rounds
+        previous = name
+        name = _DRIVE.sub("", name.strip().strip("."))
     if not name or name in (".", ".."):
         return None
     while len(name.encode("utf-8")) > MAX_NAME_BYTES:
         stem, dot, ext = name.rpartition(".")
         name = (stem[:-1] + dot + ext) if stem and len(ext) < 16 else name[:-1]
-    return name
+    name = name.strip()
+    return name if filename_problem(name) is None else None
 
 
 def normalise_subdir(subdir):
@@ -99,7 +105,10 @@ def parse_air(air):
     match = _AIR.match(air.strip()) if isinstance(air, str) else None
     if not match:
         raise ValueError("expected a Civitai AIR such as urn:air:sdxl:lora:civitai:328553@368189")
-    return int(match.group(1)), (int(match.group(2)) if match.group(2) else None)
+    ids = int(match.group(1)), (int(match.group(2)) if match.group(2) else None)
+    if any(i is not None and not 1 <= i <= 2**31 - 1 for i in ids):
+        raise ValueError("model and version ids must be from 1 to 2147483647")
+    return ids
 
 
 def civitai_ids_from_url(url):
@@ -143,7 +152,12 @@ def _parse_item(raw, index, problems):
         if not isinstance(url, str):
             problems.append(f"{where}.url: expected a string")
         else:
-            parts = urlsplit(url) if len(url) < 8192 else None
+            try:
+                parts = urlsplit(url) if len(url) < 8192 else None
+                if parts is not None:
+                    parts.port  # noqa: B018 - raises ValueError for a port out of range
+            except ValueError:  # e.g. "http://[::1/x" (unbalanced bracket) or "http://host:99999999/"
+                parts = None
             if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
                 problems.append(f"{where}.url: only http:// and https:// URLs are allowed, got {url[:60]!r}")
             else:

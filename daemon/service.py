@@ -47,6 +47,9 @@ def bind(host, port):
     # A gevent socket: the server's accept() must yield to the hub, never block it.
     sock = gevent.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit TCP_NODELAY: pywsgi writes headers and body separately, and Nagle
+    # plus the client's delayed ACK otherwise adds 40 ms to every keep-alive response.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError:
@@ -113,6 +116,7 @@ class Daemon:
                           metrics_text=lambda: prom.render(self.queue, self.progress))
         self.server = WSGIServer(self.sock, self.web.app, handler_class=WebSocketHandler, log=None,
                                  error_log=logging.getLogger("daemon.web.server"))
+        self.server.pre_start_hook = self.web.pre_start_hook  # WebSocket auth before the upgrade (401, not 101)
 
     def status(self):
         return {"version": __version__, "uptime": round(time.time() - self.started, 1),

@@ -3,6 +3,7 @@
 Workers are plain OS threads (hashing, socket reads and file writes release
 the GIL, so two downloads use both cores); they never touch gevent objects.
 """
+import collections
 import datetime
 import json
 import logging
@@ -39,6 +40,7 @@ class WorkerPool:
         self._wake = threading.Condition()
         self._wake_flag = False
         self._active = {}  # download id → Job (its stop event aborts the fetch)
+        self._cancelled = collections.deque()  # ids cancelled while no worker ran them: parts to remove
         self._lock = threading.Lock()
         self.threads = []
         bus.subscribe(self._on_event)
@@ -55,11 +57,19 @@ class WorkerPool:
         self.stopping.set()
         with self._lock:
             for job in self._active.values():
-                job.stop.set()
+                if job is not None:
+                    job.stop.set()
         self.wake()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            stuck = list(self._active)
+        for download_id in stuck:
+            # A read blocked on a silent server outlives the wait: record the state anyway (the part
+            # on disk holds every byte received, so the next start resumes from it).
+            if self.queue.finish(download_id, Status.QUEUED, event="download.queued") is not None:
+                log.warning("download %s still blocked in a read at shutdown; recorded as queued", download_id)
 
     def healthy(self):
         return all(t.is_alive() for t in self.threads)
@@ -73,8 +83,13 @@ class WorkerPool:
         if event.name in ("download.paused", "download.cancelled"):
             with self._lock:
                 job = self._active.get(event.data.get("id"))
+                if job is None and event.name == "download.cancelled":
+                    # Queued or paused: no worker will see it stop, so one settles it (part, manifest).
+                    self._cancelled.append(event.data.get("id"))
             if job:
                 job.stop.set()
+            elif event.name == "download.cancelled":
+                self.wake()
         elif event.name == "download.queued":
             self.wake()
 
@@ -107,9 +122,15 @@ class WorkerPool:
         """Claim one download and carry it to its next state; False when nothing was runnable."""
         if self.stopping.is_set():
             return False
-        row = self.queue.claim()
+        if self._settle_cancelled():
+            return True
+        with self._lock:
+            busy = list(self._active)
+        row = self.queue.claim(exclude=busy)
         if row is None:
             return False
+        with self._lock:
+            self._active.setdefault(row.id, None)  # reserved until this step ends
         try:
             if row.parent_id:
                 self._settle_child(row)
@@ -119,13 +140,17 @@ class WorkerPool:
             self.progress.pop(row.id)
             with self._lock:
                 self._active.pop(row.id, None)
+            self.wake()  # the id may have been resumed meanwhile; let a worker take it
         return True
 
     def _folder(self, row, model_type):
         subdir = row.subdir
         if subdir is None and model_type:
             subdir = self.settings.type_dirs.get(model_type, self.settings.type_dirs.get("Other", "Other"))
-        folder = (self.download_dir / (subdir or "")).resolve()
+        try:
+            folder = (self.download_dir / (subdir or "")).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop raises RuntimeError
+            raise PermanentError(f"the folder {subdir!r} cannot be used ({exc}); choose another subdir") from None
         if folder != self.download_dir and self.download_dir not in folder.parents:
             raise PermanentError(f"the folder {subdir!r} leads outside download_dir (a symlink?); "
                                  "choose another subdir")
@@ -199,7 +224,8 @@ class WorkerPool:
         job.on_name, job.on_progress, job.on_retry = on_name, on_progress, on_retry
         with self._lock:
             self._active[row.id] = job
-        if self.stopping.is_set():
+        # A pause or cancel that came before the job was registered found nothing to stop.
+        if self.stopping.is_set() or self.queue.get(row.id).state != Status.DOWNLOADING.value:
             job.stop.set()
         started = time.monotonic()
         log.info("%s: fetching %s into %s", context, row.url or "(resolved URL)", folder)
@@ -268,6 +294,20 @@ class WorkerPool:
         log.info("download %s: same content as download %s, linked at %s", row.id, parent.id, target)
         self.spool.maybe_finish(row.manifest_id)
 
+    def _settle_cancelled(self):
+        """Remove the part of one download cancelled while no worker ran it; finish its manifest."""
+        try:
+            download_id = self._cancelled.popleft()
+        except IndexError:
+            return False
+        row = self.queue.get(download_id)
+        if row.state == Status.CANCELLED.value:
+            if row.path:
+                Path(f"{row.path}.part").unlink(missing_ok=True)
+            log.info("download %s cancelled; part removed", row.id)
+            self.spool.maybe_finish(row.manifest_id)
+        return True
+
     # -- outcomes ------------------------------------------------------------------
     def _fail(self, row, message, **fields):
         log.error("download %s failed: %s", row.id, message)
@@ -296,9 +336,11 @@ class WorkerPool:
             self.spool.maybe_finish(row.manifest_id)
         elif current.state == Status.PAUSED.value:
             log.info("download %s paused; part kept for resume", row.id)
-        else:  # the daemon is stopping: back to the queue, part kept
+        elif self.stopping.is_set():  # back to the queue, part kept
             self.queue.finish(row.id, Status.QUEUED, event="download.queued")
             log.info("download %s interrupted by shutdown; will resume", row.id)
+        else:  # paused and resumed (or cancelled and retried) before this attempt wound down
+            log.info("download %s was %s meanwhile; a worker takes it up again", row.id, current.state)
 
 
 def _remove_part(row, job):

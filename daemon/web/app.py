@@ -4,14 +4,15 @@ Handlers run as greenlets on the hub. Every database call goes through the
 hub's native thread pool (`_db`), so SQLite never blocks the hub and greenlets
 never share a connection.
 """
+import hashlib
 import hmac
 import json
 import logging
-import time
 from pathlib import Path
 
 import bottle
 import gevent
+import gevent.local
 from xstatic.pkg import bootstrap as xstatic_bootstrap
 
 from .. import __version__
@@ -30,6 +31,33 @@ STATES = [s.value for s in Status]
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
 
 
+def _greenlet_local_property():
+    store = gevent.local.local()
+
+    def fget(_):
+        try:
+            return store.var
+        except AttributeError:
+            raise RuntimeError("Request context not initialized.") from None
+
+    def fset(_, value):
+        store.var = value
+
+    def fdel(_):
+        del store.var
+
+    return property(fget, fset, fdel, "greenlet-local property")
+
+
+# bottle keeps the current request and response in threading.local, which is one slot shared by every
+# greenlet of the hub unless gevent monkey-patches threading (the daemon does not: research/stack.md §2).
+# A handler that yields (every _db call does) would then answer with another request's status and
+# headers. Give each greenlet its own slot instead.
+bottle.LocalRequest.environ = _greenlet_local_property()
+for _name in ("_status_line", "_status_code", "_cookies", "_headers", "body"):
+    setattr(bottle.LocalResponse, _name, _greenlet_local_property())
+
+
 class ApiError(Exception):
     def __init__(self, status, message):
         super().__init__(message)
@@ -38,15 +66,27 @@ class ApiError(Exception):
 
 
 def _db(fn, *args, **kwargs):
-    """Run a blocking (database) call off the hub."""
-    return gevent.get_hub().threadpool.apply(fn, args, kwargs)
+    """Run a blocking (database or CPU-heavy) call off the hub; its exception is re-raised here."""
+    def call():
+        try:
+            return True, fn(*args, **kwargs)
+        except BaseException as exc:  # carried back to the greenlet (gevent would print it otherwise)
+            return False, exc
+    ok, value = gevent.get_hub().threadpool.apply(call)
+    if not ok:
+        raise value
+    return value
+
+
+def _digits(raw):
+    return raw.isascii() and raw.isdigit()
 
 
 def _int_param(name, default, minimum=0, maximum=None):
     raw = bottle.request.query.get(name)
     if raw in (None, ""):
         return default
-    if not raw.isdigit():
+    if not _digits(raw) or len(raw) > 18:
         raise ApiError(400, f"{name} must be a non-negative integer, got {raw[:40]!r}")
     value = int(raw)
     if value < minimum or (maximum is not None and value > maximum):
@@ -55,31 +95,48 @@ def _int_param(name, default, minimum=0, maximum=None):
 
 
 def _id(raw):
-    if not raw.isdigit() or len(raw) > 18:
+    if not _digits(raw) or len(raw) > 18 or int(raw) == 0:
         raise ApiError(400, f"download id must be a positive integer, got {raw[:40]!r}")
     return int(raw)
 
 
-def _json_body():
+def _read_body():
+    try:
+        length = int(bottle.request.environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > MAX_BODY:
+        raise ApiError(413, f"body larger than {MAX_BODY >> 20} MiB")
     raw = bottle.request.body.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"body larger than {MAX_BODY >> 20} MiB")
+    return raw
+
+
+def _decode(raw):
+    """JSON from the raw body (runs off the hub: a 30 MB body takes a while)."""
+    if not raw.strip():
+        raise ApiError(400, "empty body: send a JSON item object (Content-Type: application/json)")
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(400, "body must be JSON (Content-Type: application/json)") from None
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "body must be UTF-8 JSON") from None
+    except RecursionError:
+        raise ApiError(400, "body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"body is not valid JSON ({str(exc)[:120]})") from None
 
 
-def _bearer():
-    header = bottle.request.get_header("Authorization", "")
+def _bearer(request):
+    header = request.get_header("Authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
 def _matches(given, expected):
     # compare_digest on equal-length digests: no timing signal about the token's length or prefix.
-    import hashlib
-    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
+    return hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest(),
+                               hashlib.sha256(expected.encode("utf-8", "surrogateescape")).digest())
 
 
 class WebApp:
@@ -97,11 +154,12 @@ class WebApp:
         self._routes()
 
     # -- auth ---------------------------------------------------------------
-    def _role(self, websocket=False):
+    def _role(self, request, websocket=False):
+        """'admin', 'viewer', or None (refused) for the request's token."""
         admin, viewer = self.settings.api_token, self.settings.viewer_token
         if not admin and not viewer:
             return "admin"
-        given = _bearer() or (bottle.request.query.get("token", "") if websocket else "")
+        given = _bearer(request) or (request.query.get("token", "") if websocket else "")
         if given and admin and _matches(given, admin):
             return "admin"
         if given and viewer and _matches(given, viewer):
@@ -113,7 +171,7 @@ class WebApp:
     def _guard(self, handler, write=False, websocket=False):
         def wrapped(*args, **kwargs):
             try:
-                role = self._role(websocket)
+                role = self._role(bottle.request, websocket)
                 if role is None:
                     raise ApiError(401, "missing or wrong token: send Authorization: Bearer <api_token>")
                 if write and role != "admin":
@@ -127,7 +185,9 @@ class WebApp:
             except InvalidTransition as exc:
                 return self._error(409, str(exc))
             except ManifestError as exc:
-                return self._error(400, "; ".join(exc.problems))
+                return self._error(400, "; ".join(exc.problems)[:4000])
+            except RecursionError:
+                return self._error(400, "body is nested too deeply")
             except bottle.HTTPResponse:
                 raise
             except Exception:
@@ -152,9 +212,10 @@ class WebApp:
         get = lambda path, fn: app.route(path, "GET", self._guard(fn))  # noqa: E731
         post = lambda path, fn: app.route(path, "POST", self._guard(fn, write=True))  # noqa: E731
 
-        app.route("/", "GET", lambda: bottle.redirect("gui"))
+        # Relative Locations: the daemon may sit behind a proxy under a sub-path.
+        app.route("/", "GET", lambda: _redirect("gui"))
         app.route("/gui", "GET", self.gui)
-        app.route("/gui/", "GET", lambda: bottle.redirect("../gui"))
+        app.route("/gui/", "GET", lambda: _redirect("../gui"))
         app.route("/static/bootstrap/<path:path>", "GET", self.bootstrap_file)
         app.route("/static/<path:path>", "GET", self.static_file)
         app.route("/healthz", "GET", self.healthz)
@@ -177,8 +238,27 @@ class WebApp:
 
     def _bottle_error(self, error):
         bottle.response.content_type = "application/json"
-        message = {404: "no such route", 405: "method not allowed"}.get(error.status_code, error.body or "error")
-        return json.dumps({"error": message if isinstance(message, str) else "error"})
+        body = error.body if isinstance(error.body, str) else ""
+        if error.status_code == 404:
+            message = body if body and not body.startswith("Not found:") else "no such route"
+        elif error.status_code == 405:
+            message = f"method {bottle.request.method} not allowed here"
+        elif error.status_code >= 500:
+            message = "internal error; see logs/error.log"
+        else:
+            message = body or "bad request"
+        return json.dumps({"error": message})
+
+    def pre_start_hook(self, handler):
+        """gevent-websocket asks this before upgrading: True = serve as plain HTTP (no upgrade).
+
+        Only /ws/ routes upgrade, and only with a valid token, so a refused
+        client gets a real 401 answer to its handshake instead of 101 + close.
+        """
+        environ = handler.environ
+        if not environ.get("PATH_INFO", "").startswith("/ws/"):
+            return True
+        return self._role(bottle.BaseRequest(environ), websocket=True) is None
 
     def gui(self):
         return bottle.static_file("index.html", root=str(STATIC), mimetype="text/html; charset=utf-8")
@@ -205,7 +285,9 @@ class WebApp:
         status["role"] = bottle.request.environ.get("civitai.role", "admin")
         return self._json(status)
 
-    def _items_from(self, data, single):
+    @staticmethod
+    def _items_from(raw, single):
+        data = _decode(raw)
         if single and not isinstance(data, dict):
             raise ApiError(400, "body must be one item object, e.g. {\"url\": \"https://…\"} or "
                                 "{\"modelVersionId\": 130072}")
@@ -214,12 +296,12 @@ class WebApp:
         return parse_items(data)
 
     def api_download(self):
-        items = self._items_from(_json_body(), single=True)
+        items = _db(self._items_from, _read_body(), single=True)
         ids = _db(self.queue.enqueue, items)
         return self._json({"id": ids[0]}, 202)
 
     def api_batch(self):
-        items = self._items_from(_json_body(), single=False)
+        items = _db(self._items_from, _read_body(), single=False)
         ids = _db(self.queue.enqueue, items)
         return self._json({"ids": ids}, 202)
 
@@ -273,10 +355,11 @@ class WebApp:
         ws = bottle.request.environ.get("wsgi.websocket")
         if ws is None:
             raise ApiError(400, "this route needs a WebSocket upgrade (ws://…/ws/downloads)")
-        snapshot = _db(self.status)
-        self.feed.serve(ws, snapshot)
+        role = bottle.request.environ.get("civitai.role", "admin")
+        self.feed.serve(ws, lambda: dict(_db(self.status), role=role))
         return ""
 
 
-def started_clock():
-    return time.monotonic()
+def _redirect(location):
+    return bottle.HTTPResponse(status=302, headers={"Location": location, "Content-Type": "application/json"},
+                               body=json.dumps({"location": location}))

@@ -1,5 +1,301 @@
-"""The OpenAPI 3 description of the HTTP API (SPEC §8)."""
+"""The OpenAPI 3 description of the HTTP API (SPEC §8), built as plain data.
+
+Response schemas allow extra properties (the API may add fields); request
+schemas mirror the manifest validation of SPEC §5, which rejects unknown fields.
+"""
+from ..manifest import ITEM_FIELDS, MAX_ITEMS, MAX_NAME_BYTES, MAX_PRIORITY
+from ..states import ACTIONS, Status
+
+STATES = [s.value for s in Status]
+MAX_ID = 2**31 - 1
+MAX_LIMIT = 1000
+
+JSON = "application/json"
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema):
+    return dict(schema, nullable=True)
+
+
+def _obj(properties, required=(), extra=True, **more):
+    schema = {"type": "object", "properties": properties, "additionalProperties": extra}
+    if required:
+        schema["required"] = list(required)
+    schema.update(more)
+    return schema
+
+
+STR = {"type": "string"}
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+BOOL = {"type": "boolean"}
+TIME = {"type": "string", "format": "date-time"}
+SHA = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+# Control and format characters (Unicode Cc and Cf, Basic Multilingual Plane), which names must not contain.
+_CTRL = ("\\x00-\\x1f\\x7f-\\x9f\\xad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e"
+         "\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb")
+# One plain name: not . or .., no drive prefix, no / or \\, no control characters, no surrounding spaces.
+_NAME = f"(?!\\.{{1,2}}(?:/|$))(?![A-Za-z]:)[^/\\\\{_CTRL}\\s](?:[^/\\\\{_CTRL}]*[^/\\\\{_CTRL}\\s])?"
+_PORT = "(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[0-5]?[0-9]{1,4}))?"
+_SEGMENT = f"(?:\\.|{_NAME})"
+
+ITEM = _obj({
+    "url": {"type": "string", "maxLength": 8191,
+            "pattern": f"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*{_PORT}(?:[/?#][^\\s]*)?$",
+            "description": "http or https URL of the file; may be omitted when modelVersionId, modelId or air is given"},
+    "modelId": dict(ID, description="Civitai model id; alone, the model's newest version is resolved"),
+    "modelVersionId": dict(ID, description="Civitai model version id"),
+    "air": {"type": "string",
+            "pattern": "^urn:air:[^:\\s]+:[^:\\s]+:civitai:[1-9][0-9]{0,8}(@[1-9][0-9]{0,8})?(\\.[A-Za-z0-9]+)?$",
+            "example": "urn:air:sdxl:lora:civitai:328553@368189"},
+    "sha256": dict(SHA, description="expected SHA256 (any case)"),
+    "filename": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES,
+                 "pattern": f"^{_NAME}$",
+                 "description": "a plain file name: no / or \\, not . or .., no control characters, at most "
+                                f"{MAX_NAME_BYTES} bytes"},
+    "priority": {"type": "integer", "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY, "default": 0,
+                 "description": "larger runs first; equal priorities run in arrival order"},
+    "subdir": {"type": "string", "pattern": f"^(?:{_SEGMENT}(?:/+{_SEGMENT})*/*)?$",
+               "description": "relative folder under download_dir (no .., not absolute)"},
+}, extra=False, minProperties=1,
+    # a source must be given, and not as null (null counts as absent for every field)
+    anyOf=[{"required": [name], "properties": {name: {"type": "string" if name in ("url", "air") else "integer"}}}
+           for name in ("url", "modelVersionId", "modelId", "air")],
+    description="One item of a manifest (SPEC §5). Unknown fields are rejected; null means absent.")
+for _field in ITEM["properties"].values():
+    _field["nullable"] = True
+assert set(ITEM["properties"]) == set(ITEM_FIELDS)
+
+ITEM_LIST = {"type": "array", "items": _ref("Item"), "minItems": 1, "maxItems": MAX_ITEMS}
+
+DOWNLOAD_PROPS = {
+    "id": INT, "state": {"type": "string", "enum": STATES},
+    "filename": _nullable(STR), "path": _nullable(STR), "subdir": _nullable(STR), "url": _nullable(STR),
+    "sha256": _nullable(STR), "expected_sha256": _nullable(STR), "verified": BOOL,
+    "bytes": INT, "total": _nullable(INT), "speed": NUM, "eta": _nullable(NUM), "priority": INT,
+    "manifest": _nullable(STR), "modelId": _nullable(INT), "modelVersionId": _nullable(INT),
+    "model_name": _nullable(STR), "version_name": _nullable(STR), "base_model": _nullable(STR),
+    "model_type": _nullable(STR), "error": _nullable(STR), "not_before": _nullable(TIME),
+    "attempts": INT, "retries": INT, "parent_id": _nullable(INT),
+    "created_at": _nullable(TIME), "started_at": _nullable(TIME), "finished_at": _nullable(TIME),
+    "duration": _nullable(NUM), "average_speed": _nullable(NUM),
+}
+DOWNLOAD = _obj(DOWNLOAD_PROPS, required=["id", "state", "filename", "path", "url", "sha256", "verified", "bytes",
+                                          "total", "priority", "manifest", "modelId", "modelVersionId", "error",
+                                          "created_at", "finished_at"])
+COMPLETED = {"allOf": [_ref("Download"), _obj({"duration": NUM, "average_speed": _nullable(NUM)},
+                                              required=["duration", "average_speed"])]}
+
+ACTIVE = _obj({"id": INT, "filename": _nullable(STR), "bytes": INT, "total": _nullable(INT), "speed": NUM,
+               "eta": _nullable(NUM)}, required=["id", "bytes", "total", "speed", "eta"])
+STATUS = _obj({
+    "version": STR, "uptime": NUM, "workers": INT, "throttle": NUM,
+    "counts": _obj({s: {"type": "integer", "minimum": 0} for s in STATES}, required=STATES),
+    "active": {"type": "array", "items": ACTIVE},
+    "role": {"type": "string", "enum": ["admin", "viewer"]},
+}, required=["version", "uptime", "workers", "throttle", "counts", "active"])
+
+METRICS = _obj({
+    "downloads": INT, "completed": INT, "failed": INT, "bytes": INT, "average_speed": NUM,
+    "retries": INT, "hash_mismatches": INT, "success_rate": {"type": "number", "minimum": 0, "maximum": 1},
+}, required=["downloads", "completed", "failed", "bytes", "average_speed", "retries", "hash_mismatches",
+             "success_rate"])
+
+MANIFEST = _obj({
+    "id": INT, "manifest": STR, "status": {"type": "string", "enum": ["processing", "done", "failed"]},
+    "items": {"type": "integer", "minimum": 0, "description": "number of items"},
+    "errors": {"type": "array", "items": STR}, "received_at": _nullable(TIME), "finished_at": _nullable(TIME),
+    "final_name": _nullable(STR),
+}, required=["manifest", "status", "items", "errors", "received_at", "finished_at"])
+
+UPDATE = _obj({
+    "id": INT, "modelId": INT, "modelVersionId": INT, "model_name": _nullable(STR), "version_name": _nullable(STR),
+    "previous_version_id": _nullable(INT), "detected_at": _nullable(TIME), "state": STR, "reason": _nullable(STR),
+    "sha256": _nullable(STR), "download_id": _nullable(INT),
+}, required=["modelId", "modelVersionId", "model_name", "version_name", "previous_version_id", "detected_at",
+             "state"])
+
+CHECK = _obj({"checked": INT, "updates": {"type": "array", "items": {"type": "object"}},
+              "problems": {"type": "array", "items": STR}, "duration": NUM}, required=["checked", "updates"])
+
+
+def _page(item):
+    return _obj({"items": {"type": "array", "items": item}, "total": {"type": "integer", "minimum": 0},
+                 "limit": {"type": "integer", "minimum": 1}, "offset": {"type": "integer", "minimum": 0}},
+                required=["items", "total", "limit", "offset"])
+
+
+EVENT = _obj({"event": {"type": "string", "enum": [
+    "snapshot", "download.queued", "download.started", "download.progress", "download.paused",
+    "download.completed", "download.failed", "download.cancelled", "manifest.done", "manifest.failed",
+    "model.update"]}, "time": TIME, "data": {"type": "object"}}, required=["event", "time", "data"])
+
+SCHEMAS = {
+    "Error": _obj({"error": {"type": "string", "minLength": 1}}, required=["error"]),
+    "Item": ITEM,
+    "Batch": {"oneOf": [_obj({"items": ITEM_LIST}, required=["items"]), ITEM_LIST, _ref("Item")],
+              "description": "a manifest body: an object with an items list, a bare list of items, or one item"},
+    "Download": DOWNLOAD,
+    "CompletedDownload": COMPLETED,
+    "Status": STATUS,
+    "Metrics": METRICS,
+    "Manifest": MANIFEST,
+    "Update": UPDATE,
+    "UpdateCheck": CHECK,
+    "DownloadList": _page(_ref("Download")),
+    "CompletedList": _page(_ref("CompletedDownload")),
+    "ManifestList": _page(_ref("Manifest")),
+    "UpdateList": _page(_ref("Update")),
+    "Event": EVENT,
+}
+
+
+def _json_body(schema, description):
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description):
+    return _json_body(_ref("Error"), description)
+
+
+ERR_400 = _error("malformed body or parameter; the message names the field and the reason")
+ERR_401 = _error("api_token is set and the request carries no valid Authorization: Bearer token")
+ERR_403 = _error("a read-only viewer_token tried to change state")
+ERR_404 = _error("no download with this id")
+ERR_405 = _error("method not allowed")
+ERR_409 = _error("the download's current state does not allow this action")
+ERR_413 = _error("body larger than 32 MiB")
+
+LIMIT = {"name": "limit", "in": "query", "required": False, "description": "page size",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}}
+OFFSET = {"name": "offset", "in": "query", "required": False, "description": "rows to skip (newest first)",
+          "schema": {"type": "integer", "minimum": 0, "maximum": 10**12, "default": 0}}
+STATE = {"name": "state", "in": "query", "required": False, "description": "only downloads in this state",
+         "schema": {"type": "string", "enum": STATES}}
+DOWNLOAD_ID = {"name": "download_id", "in": "path", "required": True,
+               "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}}
+
+
+def _get(summary, ok, params=(), op_id=None, public=False, extra=None):
+    responses = {"200": ok}
+    if params:
+        responses["400"] = ERR_400
+    if not public:
+        responses["401"] = ERR_401
+    responses.update(extra or {})
+    op = {"summary": summary, "operationId": op_id, "responses": responses}
+    if params:
+        op["parameters"] = list(params)
+    if public:
+        op["security"] = []
+    return op
+
+
+def _post(summary, ok_status, ok, op_id, body=None, params=(), extra=None):
+    responses = {ok_status: ok, "400": ERR_400, "401": ERR_401, "403": ERR_403}
+    responses.update(extra or {})
+    op = {"summary": summary, "operationId": op_id, "responses": responses}
+    if params:
+        op["parameters"] = list(params)
+    if body:
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+        responses["413"] = ERR_413
+    return op
+
+
+def _paths():
+    paths = {
+        "/": {"get": {"summary": "redirect to the GUI", "operationId": "root", "security": [],
+                      "responses": {"302": {"description": "Location: gui",
+                                            "headers": {"Location": {"schema": STR}}}}}},
+        "/gui": {"get": {"summary": "the Bootstrap GUI", "operationId": "gui", "security": [],
+                         "responses": {"200": {"description": "the GUI page",
+                                               "content": {"text/html": {"schema": STR}}}}}},
+        "/static/{path}": {"get": {
+            "summary": "client.js, the GUI's files and the local Bootstrap files", "operationId": "static",
+            "security": [],
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": STR}],
+            "responses": {"200": {"description": "the file", "content": {"*/*": {"schema": STR}}},
+                          "404": _error("no such file")}}},
+        "/healthz": {"get": {
+            "summary": "liveness of the watcher, the workers and the database", "operationId": "healthz",
+            "security": [],
+            "responses": {"200": _json_body(_obj({"ok": {"type": "boolean", "enum": [True]}}, required=["ok"]),
+                                            "all parts alive"),
+                          "503": _json_body(_obj({"ok": {"type": "boolean", "enum": [False]},
+                                                  "problems": {"type": "array", "items": STR}},
+                                                 required=["ok", "problems"]), "what is wrong")}}},
+        "/metrics": {"get": {
+            "summary": "metrics in Prometheus text format", "operationId": "prometheus", "security": [],
+            "responses": {"200": {"description": "Prometheus exposition format",
+                                  "content": {"text/plain": {"schema": STR}}}}}},
+        "/api/status": {"get": _get("version, uptime, workers, throttle, counts by state, active downloads",
+                                    _json_body(_ref("Status"), "the daemon's status"), op_id="getStatus")},
+        "/api/download": {"post": _post(
+            "enqueue one item (SPEC §5)", "202", _json_body(_obj({"id": INT}, required=["id"]), "queued"),
+            "addDownload", body=_ref("Item"))},
+        "/api/batch": {"post": _post(
+            "enqueue a manifest body (SPEC §5)", "202",
+            _json_body(_obj({"ids": {"type": "array", "items": INT}}, required=["ids"]), "queued"),
+            "addBatch", body=_ref("Batch"))},
+        "/api/downloads": {"get": _get("downloads, newest first", _json_body(_ref("DownloadList"), "one page"),
+                                       params=[STATE, LIMIT, OFFSET], op_id="listDownloads")},
+        "/api/downloads/{download_id}": {"get": _get(
+            "one download", _json_body(_ref("Download"), "the download"), params=[DOWNLOAD_ID],
+            op_id="getDownload", extra={"404": ERR_404})},
+        "/api/completed": {"get": _get(
+            "completed downloads with path, sha256, bytes, duration, average speed",
+            _json_body(_ref("CompletedList"), "one page"), params=[LIMIT, OFFSET], op_id="listCompleted")},
+        "/api/metrics": {"get": _get("totals", _json_body(_ref("Metrics"), "the totals"), op_id="getMetrics")},
+        "/api/manifests": {"get": _get("manifests seen, with their status",
+                                       _json_body(_ref("ManifestList"), "one page"), params=[LIMIT, OFFSET],
+                                       op_id="listManifests")},
+        "/api/updates": {"get": _get("detected model updates", _json_body(_ref("UpdateList"), "one page"),
+                                     params=[LIMIT, OFFSET], op_id="listUpdates")},
+        "/api/updates/check": {"post": _post(
+            "run the model update check now", "200", _json_body(_ref("UpdateCheck"), "a summary of the check"),
+            "checkUpdates", extra={"503": _error("the update checker is not running")})},
+        "/api/openapi.json": {"get": _get("this document", {"description": "OpenAPI 3 document",
+                                                            "content": {JSON: {"schema": {"type": "object"}}}},
+                                          op_id="openapi")},
+        "/ws/downloads": {"get": {
+            "summary": "WebSocket feed: a snapshot event with the status, then every event (SPEC §7)",
+            "description": "Upgrade to a WebSocket. Messages are Event objects; the token may also be given "
+                           "as ?token=. download.progress comes at most 4 times a second per download.",
+            "operationId": "feed",
+            "parameters": [{"name": "token", "in": "query", "required": False, "schema": STR,
+                            "description": "api_token or viewer_token, for clients that cannot set headers"}],
+            "responses": {"101": {"description": "switching to the WebSocket protocol; messages are Event objects",
+                                  "content": {JSON: {"schema": _ref("Event")}}},
+                          "400": _error("a plain HTTP request without the WebSocket upgrade"),
+                          "401": ERR_401}}},
+    }
+    for action in ACTIONS:
+        paths[f"/api/downloads/{{download_id}}/{action}"] = {"post": _post(
+            f"{action} a download", "200", _json_body(_ref("Download"), "the download after the action"),
+            f"{action}Download", params=[DOWNLOAD_ID], extra={"404": ERR_404, "409": ERR_409})}
+    return paths
 
 
 def document(version):
-    return {"openapi": "3.0.3", "info": {"title": "civitai-daemon", "version": version}, "paths": {}}
+    """The OpenAPI 3.0 document for this daemon version."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "civitai-daemon", "version": version,
+                 "description": "Download manager daemon for Civitai model files. All responses are JSON; errors "
+                                "are {\"error\": message} with a 4xx status."},
+        "paths": _paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "api_token (all routes) or viewer_token (GET routes "
+                                                          "and the WebSocket) from config.yaml"}},
+        },
+        "security": [{"bearer": []}, {}],
+    }

@@ -1,0 +1,231 @@
+"""The Bootstrap GUI in a real Chromium against the real daemon process (SPEC §8, GET /gui)."""
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+SCREENSHOT = ROOT / "docs" / "gui.png"
+
+
+def _need_chromium():
+    problem = None
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        problem = f"{CHROMIUM} is not installed (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is not installed"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_chromium()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        instance.close()
+
+
+class Page:
+    """A page plus a record of every request that failed or left the daemon's host."""
+
+    def __init__(self, browser, daemon, width=1280, height=900):
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.page = self.context.new_page()
+        self.daemon = daemon
+        self.failed = []
+        self.external = []
+        self.console_errors = []
+        self.page.on("request", self._request)
+        self.page.on("requestfailed", lambda r: self.failed.append((r.url, r.failure)))
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.console_errors.append(str(e)))
+
+    def _request(self, request):
+        host = urlsplit(request.url).hostname
+        if request.url.startswith(("data:", "blob:")):
+            return
+        if host not in ("127.0.0.1", "localhost"):
+            self.external.append(request.url)
+
+    def open(self):
+        self.page.goto(self.daemon.url + "/gui")
+        return self.page
+
+    def close(self):
+        self.context.close()
+
+    def assert_clean(self, allow_failed=()):
+        failed = [f for f in self.failed if not any(a in f[0] for a in allow_failed)]
+        assert not self.external, f"requests to other hosts: {self.external}"
+        assert not failed, f"failed requests: {failed}"
+
+
+@pytest.fixture
+def gui(browser):
+    pages = []
+
+    def factory(daemon, **kwargs):
+        page = Page(browser, daemon, **kwargs)
+        pages.append(page)
+        return page
+
+    yield factory
+    for page in pages:
+        page.close()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as pw_expect
+    return pw_expect(locator)
+
+
+def test_add_watch_progress_and_cancel(make_daemon, fake, gui):
+    daemon = make_daemon()
+    blob = fake.add_blob("gui-slow.safetensors", size=4_000_000, safetensors=True)
+    fake.faults.rate = 300_000
+    view = gui(daemon)
+    page = view.open()
+    expect(page.locator("#conn-state")).to_have_text("live")
+    expect(page.locator("#conn-banner")).to_be_hidden()
+    # Bootstrap comes from the daemon itself: styles and scripts applied with no internet
+    assert page.evaluate("typeof bootstrap.Modal") == "function"
+    assert page.eval_on_selector("#add-submit", "b => getComputedStyle(b).backgroundColor") == "rgb(13, 110, 253)"
+
+    page.fill("#add-target", blob["url"])
+    page.click("#add-submit")
+    expect(page.locator("#add-result")).to_contain_text("Queued as download #")
+    download_id = int(re.search(r"#(\d+)", page.locator("#add-result").inner_text()).group(1))
+    row = page.locator(f'#downloads tr[data-id="{download_id}"]')
+    expect(row.locator(".cell-state")).to_have_text("downloading", timeout=10_000)
+
+    progress = row.locator(".progress-text")
+    expect(progress).to_contain_text("%", timeout=10_000)
+    first = progress.inner_text()
+    expect(progress).not_to_have_text(first, timeout=10_000)  # it moves by itself (WebSocket progress)
+    second = progress.inner_text()
+    assert _percent(second) > _percent(first), (first, second)
+    expect(row.locator(".cell-speed")).to_contain_text("/s")
+
+    row.locator("button[data-action=cancel]").click()
+    expect(row.locator(".cell-state")).to_have_text("cancelled", timeout=10_000)
+    expect(row.locator("button[data-action=retry]")).to_be_visible()
+    assert daemon.download(download_id)["state"] == "cancelled"
+    view.assert_clean()
+    assert not view.console_errors, view.console_errors
+
+
+def _percent(text):
+    match = re.search(r"\((\d+)%\)", text)
+    return int(match.group(1)) if match else -1
+
+
+def test_token_prompt(make_daemon, fake, gui):
+    daemon = make_daemon(api_token="gui-token")
+    blob = fake.add_blob("tokened.bin", size=5000)
+    download_id = daemon.post("/api/download", {"url": blob["url"]}).json()["id"]
+    daemon.wait_state(download_id, "completed", 20)
+    view = gui(daemon)
+    page = view.open()
+    expect(page.locator("#token-modal")).to_be_visible()
+    page.fill("#token-input", "gui-token")
+    page.click("#token-save")
+    expect(page.locator("#token-modal")).to_be_hidden()
+    row = page.locator(f'#downloads tr[data-id="{download_id}"]')
+    expect(row.locator(".cell-state")).to_have_text("completed")
+    expect(page.locator("#conn-state")).to_have_text("live")
+    expect(page.locator("#metric-completed")).to_have_text("1")
+    assert page.evaluate("localStorage.getItem('civitai-daemon-token')") == "gui-token"
+    # the refused first attempts (401 before the token was entered) are answers, not failed requests
+    view.assert_clean(allow_failed=("/ws/downloads",))
+
+
+def test_history_metrics_updates_and_paging(make_daemon, fake, gui):
+    daemon = make_daemon()
+    blobs = [fake.add_blob(f"many{i}.bin", size=500) for i in range(55)]
+    daemon.drop("gui-batch.json", {"items": [{"url": b["url"]} for b in blobs]})
+    folder, _ = daemon.result("gui-batch.json", 60)
+    assert folder == "done"
+    view = gui(daemon)
+    page = view.open()
+    expect(page.locator("#page-info")).to_have_text("1–50 of 55 total")
+    expect(page.locator("#downloads tr[data-id]")).to_have_count(50)
+    expect(page.locator("#downloads tr[data-id]").first).to_have_attribute("data-id", "55")
+    page.click("#page-next")
+    expect(page.locator("#page-info")).to_have_text("51–55 of 55 total")
+    expect(page.locator("#downloads tr[data-id]")).to_have_count(5)
+    page.click("#page-prev")
+    expect(page.locator("#page-info")).to_have_text("1–50 of 55 total")
+    page.select_option("#state-filter", "failed")
+    expect(page.locator("#downloads tbody")).to_contain_text("No failed downloads.")
+    page.select_option("#state-filter", "completed")
+    expect(page.locator("#page-info")).to_have_text("1–50 of 55 total")
+
+    expect(page.locator("#metric-completed")).to_have_text("55")
+    expect(page.locator("#metric-failed")).to_have_text("0")
+    expect(page.locator("#metric-success")).to_have_text("100.0%")
+    expect(page.locator("#manifests")).to_contain_text("gui-batch.json")
+    expect(page.locator("#manifests .manifest-status")).to_have_text("done")
+    expect(page.locator("#updates")).to_contain_text("No updates detected.")
+    page.click("#check-updates")
+    expect(page.locator("#updates-result")).to_contain_text("Check finished")
+    view.assert_clean()
+    assert not view.console_errors, view.console_errors
+
+
+def test_disconnected_banner(make_daemon, gui):
+    daemon = make_daemon()
+    view = gui(daemon)
+    page = view.open()
+    expect(page.locator("#conn-state")).to_have_text("live")
+    expect(page.locator("#conn-banner")).to_be_hidden()
+    assert daemon.stop() == 0
+    expect(page.locator("#conn-banner")).to_be_visible(timeout=10_000)
+    expect(page.locator("#conn-banner")).to_contain_text("Disconnected")
+    expect(page.locator("#conn-state")).to_have_text("offline")
+    view.assert_clean(allow_failed=("/ws/downloads", "/api/"))
+
+
+def test_screenshot_with_downloads_in_flight(make_daemon, fake, gui):
+    """Saves docs/gui.png: the GUI at 1280 px with a few slow Civitai downloads running."""
+    daemon = make_daemon(workers=3)
+    models = [(4201, "Realistic Vision", "Checkpoint", 130072, "V5.1", 90_000, "SD 1.5"),
+              (58390, "Detail Tweaker", "LORA", 62833, "v1.0", 40_000, "SD 1.5"),
+              (133005, "Juggernaut XL", "Checkpoint", 357609, "v9 + RunDiffusionPhoto 2", 30_000_000, "SDXL 1.0"),
+              (122359, "Add More Details", "LORA", 135867, "XL v1", 20_000_000, "SDXL 1.0"),
+              (132632, "epiCPhotoGasm", "Checkpoint", 429454, "Ultimate Fidelity", 25_000_000, "SD 1.5"),
+              (276200, "ControlNet Depth", "Controlnet", 311410, "SDXL", 8_000_000, "SDXL 1.0")]
+    for model_id, name, kind, version_id, version, size, base in models:
+        fake.add_model(model_id, name, kind)
+        fake.add_version(model_id, version_id, version, size=size, base_model=base)
+    daemon.drop("sd15-starter.json", {"items": [{"modelVersionId": m[3]} for m in models[:2]]})
+    assert daemon.result("sd15-starter.json", 30)[0] == "done"
+    fake.faults.rate = 250_000
+    ids = daemon.post("/api/batch", {"items": [{"modelVersionId": m[3], "priority": 10 - i}
+                                               for i, m in enumerate(models[2:])]}).json()["ids"]
+    view = gui(daemon, width=1280, height=900)
+    page = view.open()
+    for download_id in ids[:3]:
+        expect(page.locator(f'#downloads tr[data-id="{download_id}"] .cell-speed')).to_contain_text(
+            "/s", timeout=15_000)
+    expect(page.locator("#metric-completed")).to_have_text("2")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 20_000
+    for download_id in ids:
+        daemon.post(f"/api/downloads/{download_id}/cancel")
+    view.assert_clean()
