@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import struct
 import threading
 import time
@@ -77,6 +78,16 @@ class Job:
     on_progress: object = None      # callback(bytes, total) per chunk; must be cheap
     on_retry: object = None         # callback(exception, wait_seconds)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    response: object = dataclasses.field(default=None, repr=False)  # the body being read, if any
+
+    def interrupt(self):
+        """Stop the fetch now, also when it is blocked reading a silent server (from another thread)."""
+        self.stop.set()
+        try:
+            # shutdown() wakes a recv() blocked in the worker thread; close() alone would not.
+            self.response.raw.connection.sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass  # no body open (or already closed): the stop event is enough
 
 
 @dataclasses.dataclass
@@ -256,9 +267,13 @@ class Fetcher:
         if job.stop.is_set():  # paused, cancelled or shutting down before the first byte
             raise Cancelled("stopped")
         response, final_url = self._open(job, partial)
+        job.response = response
         try:
+            if job.stop.is_set():  # interrupted while the request was on its way
+                raise Cancelled("stopped")
             return self._receive(job, partial, response, final_url)
         finally:
+            job.response = None
             response.close()
 
     def _headers_for(self, url):
@@ -329,7 +344,7 @@ class Fetcher:
                               body.get("deadline"))
         if status in (401, 403) and from_storage:
             # Signed storage URLs expire (Civitai's last 1-24 h); ask Civitai for a fresh one.
-            raise TransientError(f"the storage link expired or was refused ({status}); asking Civitai again")
+            raise TransientError(f"the storage link expired or was refused ({status})")
         if status == 401 and "disabled downloads" in message:
             raise PermanentError("the creator of this model has disabled downloads of this file; "
                                  "it can only be used on Civitai's site")
@@ -373,7 +388,7 @@ class Fetcher:
                 start = int(span.split("-")[0])
                 total = int(size) if size != "*" else None
             except (IndexError, ValueError):
-                raise TransientError(f"unreadable Content-Range {content_range!r}; starting again", restart=True) from None
+                raise TransientError(f"unreadable Content-Range {content_range!r}", restart=True) from None
             if start != partial.offset:
                 raise TransientError(f"server resumed at byte {start}, expected {partial.offset}", restart=True)
         elif headers.get("Content-Length", "").isdigit():
@@ -410,7 +425,7 @@ class Fetcher:
         if partial.offset and size.isdigit() and int(size) == partial.offset:
             partial.total = partial.offset
             return self._publish(job, partial)
-        raise TransientError("the server refused the resume range (416); starting again from zero", restart=True)
+        raise TransientError("the server refused the resume range (416)", restart=True)
 
     def _check_space(self, job, needed):
         job.folder.mkdir(parents=True, exist_ok=True)
@@ -435,10 +450,14 @@ class Fetcher:
                 try:
                     chunk = raw.read1(read_size)
                 except Exception as exc:  # urllib3 / socket errors mid-body
+                    if job.stop.is_set():  # job.interrupt() shut the socket down
+                        raise Cancelled("stopped") from None
                     if isinstance(exc, (requests.exceptions.ReadTimeout, TimeoutError)) or "timed out" in str(exc):
-                        raise TransientError(f"no data for {timeout:g} s; retrying with resume") from None
+                        raise TransientError(f"no data for {timeout:g} s") from None
                     raise TransientError(f"connection lost after {_size(partial.offset)}: {_short(exc)}") from None
                 if not chunk:
+                    if job.stop.is_set():  # an interrupted read ends like a clean EOF: not a complete file
+                        raise Cancelled("stopped")
                     break
                 if first:
                     first = False
@@ -468,12 +487,11 @@ class Fetcher:
                 window_bytes += len(chunk)
                 if now - window_start >= timeout:
                     if window_bytes < STALL_BYTES:
-                        raise TransientError(f"download stalled: under 1 KiB in {timeout:g} s; retrying with resume")
+                        raise TransientError(f"download stalled: under 1 KiB in {timeout:g} s")
                     window_start, window_bytes = now, 0
             os.fsync(handle.fileno())
         if partial.total is not None and partial.offset < partial.total:
-            raise TransientError(f"connection closed after {_size(partial.offset)} of {_size(partial.total)}; "
-                                 "resuming")
+            raise TransientError(f"connection closed after {_size(partial.offset)} of {_size(partial.total)}")
 
     def _publish(self, job, partial):
         """The publication gate: size, format, hash; then link into place without overwriting."""

@@ -110,6 +110,9 @@ def open_database(path):
         if not result or result[0] != "ok":
             raise peewee.DatabaseError(result[0] if result else "quick_check failed")
         db.create_tables(TABLES)
+        # WAL lets reads past another writer's lock; only a write probe finds a held database.
+        db.execute_sql("BEGIN IMMEDIATE")
+        db.execute_sql("ROLLBACK")
     except (peewee.OperationalError, peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         db.close()
         text = str(exc)

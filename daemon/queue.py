@@ -13,7 +13,9 @@ import peewee
 
 from . import models
 from .errors import InvalidTransition, NotFound
+from .civitai import preview_image
 from .models import Download, ManifestRecord, ModelUpdate, db, iso, utcnow
+from .sidecars import find_preview
 from .states import ENDED, Status, check_action, check_transition
 
 log = logging.getLogger("daemon.queue")
@@ -49,12 +51,33 @@ def download_dict(row, progress=None):
         "created_at": iso(row.created_at), "started_at": iso(row.started_at),
         "finished_at": iso(row.finished_at),
     }
+    data["preview"] = (f"api/downloads/{row.id}/preview"
+                       if row.state == Status.COMPLETED and row.path and find_preview(row.path) else None)
+    data["nsfw_level"] = nsfw_level(row.civitai_info)
     if row.manifest_id is not None:
         data["manifest"] = _manifest_name(row.manifest_id)
     if row.state == Status.COMPLETED and row.duration is not None:
         data["duration"] = round(row.duration, 3)
         data["average_speed"] = round(row.bytes / row.duration, 1) if row.duration > 0 else None
     return data
+
+
+def stored_info(text):
+    """The stored Civitai version JSON as a dict, or None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def nsfw_level(civitai_info):
+    """Civitai's nsfwLevel of the version's preview image (1 PG, 2 PG-13, 4 R, 8 X, 16 XXX), or None."""
+    info = stored_info(civitai_info)
+    level = preview_image(info)[1] if info else None
+    return level if isinstance(level, int) and not isinstance(level, bool) else None
 
 
 _names_cache = {}  # manifest id → inbox file name (never changes once recorded)

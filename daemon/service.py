@@ -151,6 +151,10 @@ class Daemon:
         shown_host = s.host if s.host not in ("0.0.0.0", "::") else socket.gethostname()
         address = f"http://{shown_host}:{s.active_port}/gui"
         log.info("civitai-daemon %s ready: GUI at %s (config %s)", __version__, address, s.config_path)
+        if not s.api_token and s.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("host %s exposes the API beyond this machine without api_token: anyone who can reach "
+                        "port %s can queue and cancel downloads; set api_token in %s", s.host, s.active_port,
+                        s.config_path)
         print(f"civitai-daemon {__version__} running: GUI at {address}", flush=True)
         gevent.signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         gevent.signal_handler(signal.SIGINT, self.request_stop, "SIGINT")

@@ -58,7 +58,7 @@ class WorkerPool:
         with self._lock:
             for job in self._active.values():
                 if job is not None:
-                    job.stop.set()
+                    job.interrupt()
         self.wake()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
@@ -87,7 +87,7 @@ class WorkerPool:
                     # Queued or paused: no worker will see it stop, so one settles it (part, manifest).
                     self._cancelled.append(event.data.get("id"))
             if job:
-                job.stop.set()
+                job.interrupt()
             elif event.name == "download.cancelled":
                 self.wake()
         elif event.name == "download.queued":
@@ -242,6 +242,8 @@ class WorkerPool:
             return self._fail(row, f"{exc} after {self.settings.retries + 1} attempts{note} (Civitai's published "
                                    "hash may be wrong: check the file and retry, or remove sha256)",
                               sha256=exc.actual)
+        except TransientError as exc:  # still failing after the last attempt
+            return self._fail(row, f"{exc} (gave up after {self.settings.retries + 1} attempts; retry it later)")
         except DaemonError as exc:
             return self._fail(row, str(exc))
         except Exception as exc:  # a bug must fail one item, not kill the worker
