@@ -132,6 +132,12 @@ class Queue:
             _remember_manifest(row)
         return rows
 
+    def open_manifest(self, manifest_id):
+        """The manifest record if it is still processing, else None."""
+        with db.connection_context():
+            return ManifestRecord.get_or_none((ManifestRecord.id == manifest_id)
+                                              & (ManifestRecord.status == "processing"))
+
     def manifest_items(self, manifest_id):
         with db.connection_context():
             return list(Download.select().where(Download.manifest == manifest_id).order_by(Download.manifest_index))
@@ -211,12 +217,14 @@ class Queue:
         """
         now = utcnow()
         parent = Download.alias()
-        ended_parents = parent.select(parent.id).where(parent.state.in_([s.value for s in ENDED]))
+        # Correlated EXISTS: a primary-key lookup per candidate, not a scan of every ended row.
+        parent_ended = peewee.fn.EXISTS(parent.select(peewee.SQL("1")).where(
+            (parent.id == Download.parent) & parent.state.in_([s.value for s in ENDED])))
         with db.connection_context():
             with db.atomic("IMMEDIATE"):
                 row = (Download.select()
                        .where((Download.state == Status.QUEUED.value)
-                              & (Download.parent.is_null() | Download.parent.in_(ended_parents))
+                              & (Download.parent.is_null() | parent_ended)
                               & (Download.not_before.is_null() | (Download.not_before <= now))
                               & Download.id.not_in(list(exclude)))
                        .order_by(Download.priority.desc(), Download.id).first())
@@ -273,7 +281,12 @@ class Queue:
                          Status.FAILED: "download.failed", Status.CANCELLED: "download.cancelled"}[state]
         if self.progress is not None and state != Status.DOWNLOADING:
             self.progress.pop(download_id, None)
-        self.bus.publish(name, download_dict(row, self.progress))
+        try:
+            data = download_dict(row, self.progress)
+        except Exception:  # committed already: a broken view must not stop the caller's next steps
+            log.exception("download %s: cannot describe it for the %s event", download_id, name)
+            data = {"id": row.id, "state": row.state}
+        self.bus.publish(name, data)
         return row
 
     def action(self, download_id, action):

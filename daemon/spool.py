@@ -101,8 +101,17 @@ class Spool:
         return record
 
     def resume(self):
-        """At start: manifests in processing/ that the database does not know yet are enqueued."""
-        known = {record.name for record in self.queue.open_manifests()}
+        """At start: manifests in processing/ that the database does not know yet are enqueued.
+
+        A crash can also fall between the steps of intake (recorded, not yet enqueued) or of
+        completion (every item ended, manifest not yet moved); both are finished here.
+        """
+        known = {}
+        for record in self.queue.open_manifests():
+            if self.queue.manifest_items(record.id):
+                known[record.name] = record
+        for record in known.values():
+            self.maybe_finish(record.id)
         for path in sorted(self.processing.iterdir()):
             if is_manifest_name(path.name) and path.name not in known:
                 try:
@@ -112,7 +121,8 @@ class Spool:
                     with self._lock:
                         self._reject(path, problems)
                     continue
-                record = self.queue.create_manifest(path.name, items=len(items))
+                records = [r for r in self.queue.open_manifests() if r.name == path.name]
+                record = records[0] if records else self.queue.create_manifest(path.name, items=len(items))
                 self.queue.enqueue(items, manifest=record)
                 log.info("manifest %s: resumed from processing/", path.name)
 
@@ -124,10 +134,9 @@ class Spool:
         with self._lock:
             if self.queue.manifest_pending(manifest_id):
                 return
-            records = [r for r in self.queue.open_manifests() if r.id == manifest_id]
-            if not records:
+            record = self.queue.open_manifest(manifest_id)
+            if record is None:
                 return  # already finished by another worker
-            record = records[0]
             rows = self.queue.manifest_items(manifest_id)
             ok = bool(rows) and all(r.state == Status.COMPLETED.value for r in rows)
             status = "done" if ok else "failed"
