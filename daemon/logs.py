@@ -33,6 +33,9 @@ class Redactor(logging.Filter):
         return text
 
     def filter(self, record):
+        if getattr(record, "_redacted", False):  # already done by the first handler
+            return True
+        record._redacted = True
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -52,7 +52,12 @@ class Spool:
         self.failed = Path(settings.failed_dir)
         self.queue = queue
         self.bus = bus
+        # Intake and completion take separate locks so a burst of new manifests never waits for
+        # finished ones being filed (and the other way round); placing a file under a free name
+        # in done/ or failed/ is the only step both do, under its own short lock.
         self._lock = threading.Lock()
+        self._finish_lock = threading.Lock()
+        self._place_lock = threading.Lock()
         for folder in (self.inbox, self.processing, self.done, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -89,13 +94,14 @@ class Spool:
         return record
 
     def _reject(self, path, errors):
-        target = free_name(self.failed, path.name)
-        os.replace(path, self.failed / target)
+        with self._place_lock:
+            target = free_name(self.failed, path.name)
+            result = {"manifest": target, "status": "failed", "finished_at": iso(utcnow()),
+                      "errors": errors, "items": []}
+            write_json_atomic(self.failed / f"{target[:-5]}.result.json", result)
+            os.replace(path, self.failed / target)
         record = self.queue.create_manifest(target, status="failed", errors=errors)
         self.queue.finish_manifest(record.id, "failed", target, errors)
-        result = {"manifest": target, "status": "failed", "finished_at": iso(utcnow()),
-                  "errors": errors, "items": []}
-        write_json_atomic(self.failed / f"{target[:-5]}.result.json", result)
         log.error("manifest %s rejected: %s", target, "; ".join(errors))
         self.bus.publish("manifest.failed", {"manifest": target, "status": "failed", "errors": errors, "items": []})
         return record
@@ -131,7 +137,7 @@ class Spool:
         """File a manifest away once all its items have ended."""
         if manifest_id is None:
             return
-        with self._lock:
+        with self._finish_lock:
             if self.queue.manifest_pending(manifest_id):
                 return
             record = self.queue.open_manifest(manifest_id)
@@ -142,16 +148,17 @@ class Spool:
             status = "done" if ok else "failed"
             folder = self.done if ok else self.failed
             source = self.processing / record.name
-            target = free_name(folder, record.name)
             items = [{"index": r.manifest_index, "id": r.id, "status": r.state, "path": r.path,
                       "sha256": r.sha256, "verified": bool(r.verified), "bytes": r.bytes,
                       "error": r.error} for r in rows]
-            result = {"manifest": target, "status": status, "finished_at": iso(utcnow()), "errors": [],
-                      "items": items}
-            # Result first, then the manifest: a host app waiting for the manifest finds its result too.
-            write_json_atomic(folder / f"{target[:-5]}.result.json", result)
-            if source.exists():
-                os.replace(source, folder / target)
+            with self._place_lock:
+                target = free_name(folder, record.name)
+                result = {"manifest": target, "status": status, "finished_at": iso(utcnow()), "errors": [],
+                          "items": items}
+                # Result first, then the manifest: a host app waiting for the manifest finds its result too.
+                write_json_atomic(folder / f"{target[:-5]}.result.json", result)
+                if source.exists():
+                    os.replace(source, folder / target)
             self.queue.finish_manifest(manifest_id, status, target)
         log.info("manifest %s: %s (%d item(s))", target, status, len(items))
         self.bus.publish(f"manifest.{status}", {"manifest": target, "status": status, "items": items,

@@ -94,7 +94,7 @@ def test_routes_of_the_app_are_all_described(served):
     doc = openapi.document("x")
     described = {(m, p) for m, p, _ in operations(doc)}
     for route in app.routes:
-        path = re.sub(r"<(\w+)(:path)?>", r"{\1}", route.rule)
+        path = re.sub(r"<(\w+)(:[^>]*)?>", r"{\1}", route.rule)
         if path == "/gui/" or path == "/static/bootstrap/{path}":
             continue  # the trailing-slash redirect; Bootstrap files under /static/{path}
         if path == "/api/downloads/{download_id}/{action}":

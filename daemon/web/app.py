@@ -27,6 +27,8 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY = 32 << 20
 MAX_LIMIT = 1000
 STATES = [s.value for s in Status]
+PREVIEW_TYPES = {".png": "image/png", ".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".webp": "image/webp",
+                 ".gif": "image/gif"}
 
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
 
@@ -168,10 +170,10 @@ class WebApp:
             return "admin" if not given else None
         return None
 
-    def _guard(self, handler, write=False, websocket=False):
+    def _guard(self, handler, write=False, websocket=False, query_token=False):
         def wrapped(*args, **kwargs):
             try:
-                role = self._role(bottle.request, websocket)
+                role = self._role(bottle.request, websocket or query_token)
                 if role is None:
                     raise ApiError(401, "missing or wrong token: send Authorization: Bearer <api_token>")
                 if write and role != "admin":
@@ -225,7 +227,10 @@ class WebApp:
         post("/api/batch", self.api_batch)
         get("/api/downloads", self.api_downloads)
         get("/api/downloads/<download_id>", self.api_download_one)
-        post("/api/downloads/<download_id>/<action>", self.api_action)
+        get("/api/downloads/<download_id>/info", self.api_download_info)
+        # <img> tags cannot send headers: this one read-only route also takes ?token=.
+        app.route("/api/downloads/<download_id>/preview", "GET", self._guard(self.api_preview, query_token=True))
+        post("/api/downloads/<download_id>/<action:re:pause|resume|cancel|retry>", self.api_action)
         get("/api/completed", self.api_completed)
         get("/api/metrics", self.api_metrics)
         get("/api/manifests", self.api_manifests)
@@ -321,6 +326,40 @@ class WebApp:
         row = _db(self.queue.get, _id(download_id))
         return self._json(_db(download_dict, row, self.queue.progress))
 
+    def api_download_info(self, download_id):
+        info = _db(self._stored_info, _id(download_id))
+        if info is None:
+            raise ApiError(404, f"download {download_id} has no stored Civitai metadata (not a Civitai model, "
+                                "or not resolved yet)")
+        return self._json(info)
+
+    def _stored_info(self, download_id):
+        from ..queue import stored_info
+        return _scrub(stored_info(self.queue.get(download_id).civitai_info))
+
+    def api_preview(self, download_id):
+        preview = _db(self._preview_path, _id(download_id))
+        if preview is None:
+            raise ApiError(404, f"download {download_id} has no preview image")
+        response = bottle.static_file(preview.name, root=str(preview.parent),
+                                      mimetype=PREVIEW_TYPES[preview.suffix.lower()])
+        if response.status_code >= 400:  # vanished or unreadable between the lookup and now
+            raise ApiError(404, f"download {download_id} has no preview image")
+        # private: the URL may carry ?token=; nosniff + CSP: a served file is only ever an image
+        response.set_header("Cache-Control", "private, no-cache")
+        response.set_header("X-Content-Type-Options", "nosniff")
+        response.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        return response
+
+    def _preview_path(self, download_id):
+        """The preview sidecar beside the download's file; the path comes from the database row only."""
+        from ..sidecars import find_preview
+        row = self.queue.get(download_id)
+        if row.state != Status.COMPLETED or not row.path:
+            return None
+        preview = find_preview(row.path)
+        return preview if preview is not None and preview.suffix.lower() in PREVIEW_TYPES else None
+
     def api_action(self, download_id, action):
         if action not in ACTIONS:
             raise ApiError(404, f"unknown action {action[:40]!r}; use one of {', '.join(ACTIONS)}")
@@ -358,6 +397,18 @@ class WebApp:
         role = bottle.request.environ.get("civitai.role", "admin")
         self.feed.serve(ws, lambda: dict(_db(self.status), role=role))
         return ""
+
+
+def _scrub(node):
+    """A copy of stored Civitai JSON with token-like query parameters and user:pass@ removed from URLs."""
+    from ..queue import redact_url
+    if isinstance(node, dict):
+        return {key: _scrub(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_scrub(value) for value in node]
+    if isinstance(node, str) and node[:8].lower().startswith(("http://", "https://")):
+        return redact_url(node)
+    return node
 
 
 def _redirect(location):

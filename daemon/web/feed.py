@@ -80,6 +80,9 @@ class Feed:
 
     # -- the hub (callbacks and greenlets; nothing here may block) -----------
     def _flush(self):
+        if not self.clients:  # nobody listening: don't pay for the JSON
+            self._pending.clear()
+            return
         while self._pending:
             event = self._pending.popleft()
             self._broadcast(json.dumps(event.as_dict(), separators=(",", ":")))

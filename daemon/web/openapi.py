@@ -85,6 +85,10 @@ DOWNLOAD_PROPS = {
     "attempts": INT, "retries": INT, "parent_id": _nullable(INT),
     "created_at": _nullable(TIME), "started_at": _nullable(TIME), "finished_at": _nullable(TIME),
     "duration": _nullable(NUM), "average_speed": _nullable(NUM),
+    "preview": _nullable(dict(STR, description="relative URL of the preview image the daemon serves "
+                                              "(api/downloads/<id>/preview), null when there is none")),
+    "nsfw_level": _nullable(dict(INT, description="Civitai's nsfwLevel of the preview image: 1 PG, 2 PG-13, "
+                                                  "4 R, 8 X, 16 XXX")),
 }
 DOWNLOAD = _obj(DOWNLOAD_PROPS, required=["id", "state", "filename", "path", "url", "sha256", "verified", "bytes",
                                           "total", "priority", "manifest", "modelId", "modelVersionId", "error",
@@ -153,6 +157,11 @@ SCHEMAS = {
     "ManifestList": _page(_ref("Manifest")),
     "UpdateList": _page(_ref("Update")),
     "Event": EVENT,
+    "CivitaiInfo": _obj({"id": INT, "modelId": INT, "name": STR, "baseModel": STR,
+                         "trainedWords": {"type": "array", "items": STR}, "description": _nullable(STR),
+                         "model": {"type": "object"}, "images": {"type": "array", "items": {"type": "object"}},
+                         "files": {"type": "array", "items": {"type": "object"}}},
+                        description="Civitai's /api/v1/model-versions/{id} answer as stored at resolution"),
 }
 
 
@@ -249,6 +258,20 @@ def _paths():
         "/api/downloads/{download_id}": {"get": _get(
             "one download", _json_body(_ref("Download"), "the download"), params=[DOWNLOAD_ID],
             op_id="getDownload", extra={"404": ERR_404})},
+        "/api/downloads/{download_id}/info": {"get": _get(
+            "the download's stored Civitai version JSON (trainedWords, description, images, files, model), "
+            "token-like URL parameters removed", _json_body(_ref("CivitaiInfo"), "the stored metadata"),
+            params=[DOWNLOAD_ID], op_id="getDownloadInfo",
+            extra={"404": _error("no such download, or no stored Civitai metadata")})},
+        "/api/downloads/{download_id}/preview": {"get": _get(
+            "the preview image sidecar (<stem>.preview.<ext>) of a completed download, read from disk",
+            {"description": "the image", "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                                     for t in ("image/png", "image/jpeg", "image/webp",
+                                                               "image/gif")}},
+            params=[DOWNLOAD_ID, {"name": "token", "in": "query", "required": False, "schema": STR,
+                                  "description": "api_token or viewer_token, for <img> tags that cannot set "
+                                                 "headers"}],
+            op_id="getDownloadPreview", extra={"404": _error("no such download, or it has no preview image")})},
         "/api/completed": {"get": _get(
             "completed downloads with path, sha256, bytes, duration, average speed",
             _json_body(_ref("CompletedList"), "one page"), params=[LIMIT, OFFSET], op_id="listCompleted")},

@@ -341,7 +341,186 @@ function buildActions(d) {
   return el('div', { class: 'btn-group btn-group-sm' }, buttons);
 }
 
+// ------------------------------------------------------------------ previews
+
+const NSFW_KEY = 'civitai-daemon-show-nsfw';
+const NSFW_MIN = 4; // Civitai nsfwLevel: 1 PG, 2 PG-13, 4 R, 8 X, 16 XXX
+const revealed = new Set(); // ids whose NSFW preview was clicked open on this page
+const downloads = new Map(); // id → the latest download object shown in the table
+
+function showNsfw() {
+  try {
+    return localStorage.getItem(NSFW_KEY) === '1';
+  } catch {
+    return false;
+  }
+}
+
+function isNsfw(d) {
+  return Number(d.nsfw_level) >= NSFW_MIN;
+}
+
+/** The daemon's own preview URL; <img> cannot send headers, so the token rides along as ?token=. */
+function previewUrl(d) {
+  const url = new URL(d.preview, location.href);
+  const token = getToken();
+  if (token) url.searchParams.set('token', token);
+  return url.toString();
+}
+
+function buildPreview(d, cls) {
+  if (!d.preview) return null;
+  const nsfw = isNsfw(d);
+  const blurred = nsfw && !showNsfw() && !revealed.has(String(d.id));
+  const img = el('img', {
+    src: previewUrl(d),
+    alt: `preview of ${modelLabel(d)}`,
+    class: `${cls}${blurred ? ' nsfw-blur' : ''}`,
+    title: blurred ? 'NSFW preview: click to show' : null,
+    referrerpolicy: 'no-referrer',
+    dataset: { id: d.id, nsfw: nsfw ? '1' : '0' },
+  });
+  return el('span', { class: `preview-frame${cls === 'preview-thumb' ? ' in-row' : ''}` }, img);
+}
+
+/** Un-blur one preview (a click on it); returns whether it was blurred. */
+function reveal(img) {
+  if (!img.classList.contains('nsfw-blur')) return false;
+  revealed.add(String(img.dataset.id));
+  img.classList.remove('nsfw-blur');
+  img.removeAttribute('title');
+  return true;
+}
+
+function applyNsfwSetting() {
+  const show = showNsfw();
+  for (const img of document.querySelectorAll('img[data-nsfw="1"]')) {
+    const blurred = !show && !revealed.has(String(img.dataset.id));
+    img.classList.toggle('nsfw-blur', blurred);
+    if (blurred) img.title = 'NSFW preview: click to show';
+    else img.removeAttribute('title');
+  }
+}
+
+function setupNsfwToggle() {
+  const toggle = $('#nsfw-toggle');
+  toggle.checked = showNsfw();
+  toggle.addEventListener('change', () => {
+    try {
+      if (toggle.checked) localStorage.setItem(NSFW_KEY, '1');
+      else localStorage.removeItem(NSFW_KEY);
+    } catch { /* no storage: the switch still applies to this page */ }
+    if (!toggle.checked) revealed.clear();
+    applyNsfwSetting();
+  });
+}
+
+// ------------------------------------------------------------- detail view
+
+/** Plain text of Civitai's HTML description, cut to about `max` characters (never parsed into the page). */
+export function excerpt(html, max = 300) {
+  if (!html) return '';
+  // DOMParser documents have no browsing context: no scripts run, no images load
+  const doc = new DOMParser().parseFromString(String(html), 'text/html');
+  for (const node of doc.body.querySelectorAll('script, style, template, noscript, iframe, object')) node.remove();
+  for (const node of doc.body.querySelectorAll('p, br, li, div, h1, h2, h3, h4, h5, h6, tr')) node.after(' ');
+  const text = (doc.body.textContent || '').replace(/\s+/g, ' ').trim();
+  if (text.length <= max) return text;
+  const cut = text.slice(0, max);
+  const space = cut.lastIndexOf(' ');
+  return `${(space > max * 0.6 ? cut.slice(0, space) : cut).trimEnd()}…`;
+}
+
+function civitaiPage(modelId, versionId) {
+  if (!modelId) return null;
+  const url = new URL(`https://civitai.com/models/${encodeURIComponent(modelId)}`);
+  if (versionId) url.searchParams.set('modelVersionId', versionId);
+  return url.toString();
+}
+
+let detailModal = null;
+let detailRequest = 0;
+
+function fillDetails(d, info) {
+  const model = (info && info.model) || {};
+  const modelId = d.modelId ?? (info && info.modelId);
+  const versionId = d.modelVersionId ?? (info && info.id);
+  setText($('#detail-title'), d.model_name || model.name
+    ? [d.model_name || model.name, d.version_name || (info && info.name)].filter(Boolean).join(' · ')
+    : displayName(d));
+  $('#detail-preview-box').replaceChildren(buildPreview(d, 'detail-preview') || el('div',
+    { class: 'small text-body-secondary py-4' }, 'no preview image'));
+  const badges = [];
+  const base = d.base_model || (info && info.baseModel);
+  const type = d.model_type || model.type;
+  if (base) badges.push(badge(base, 'text-bg-info'));
+  if (type) badges.push(badge(type, 'text-bg-secondary'));
+  if (isNsfw(d)) badges.push(badge(`NSFW level ${d.nsfw_level}`, 'text-bg-danger'));
+  badges.push(stateBadge(d.state));
+  $('#detail-badges').replaceChildren(...badges);
+  const words = info && Array.isArray(info.trainedWords) ? info.trainedWords.filter((w) => typeof w === 'string') : [];
+  $('#detail-trained-words').replaceChildren(...(words.length
+    ? words.map((w) => el('code', { class: 'trained-word border rounded px-1' }, w))
+    : [el('span', { class: 'text-body-secondary' }, info ? 'none' : '—')]));
+  setText($('#detail-description'), excerpt(info && (info.description || model.description)) || '—');
+  const link = $('#detail-link');
+  const page = civitaiPage(modelId, versionId);
+  if (page) {
+    link.href = page;
+    setText(link, page);
+  } else {
+    link.removeAttribute('href');
+    setText(link, '—');
+  }
+  setText($('#detail-sha256'), d.sha256 || d.expected_sha256 || '—');
+  setText($('#detail-path'), d.path || '—');
+}
+
+async function openDetails(id) {
+  const request = ++detailRequest;
+  let d = downloads.get(String(id));
+  if (!d) {
+    try {
+      d = await call(`api/downloads/${encodeURIComponent(id)}`);
+    } catch {
+      return;
+    }
+  }
+  if (request !== detailRequest) return;
+  fillDetails(d, null);
+  setText($('#detail-note'), d.modelId || d.modelVersionId ? 'Loading Civitai metadata…' : '');
+  if (!detailModal && window.bootstrap) detailModal = window.bootstrap.Modal.getOrCreateInstance($('#detail-modal'));
+  if (detailModal) detailModal.show();
+  else $('#detail-modal').classList.add('show', 'd-block');
+  let info = null;
+  try {
+    info = await call(`api/downloads/${encodeURIComponent(id)}/info`);
+  } catch (err) {
+    if (request !== detailRequest) return;
+    setText($('#detail-note'), err.status === 404 ? 'No Civitai metadata stored for this download.'
+      : `Could not load the metadata: ${err.message}`);
+    return;
+  }
+  if (request !== detailRequest) return;
+  fillDetails(d, info);
+  setText($('#detail-note'), 'Stored when the download was resolved (the .civitai.info sidecar).');
+}
+
+function setupDetails() {
+  $('#detail-preview-box').addEventListener('click', (ev) => {
+    const img = ev.target.closest('img');
+    if (!img) return;
+    if (reveal(img)) {
+      const thumb = rowFor(img.dataset.id)?.querySelector('img.preview-thumb');
+      if (thumb) reveal(thumb);
+    }
+  });
+}
+
+// ------------------------------------------------------------ table rows
+
 function buildRow(d) {
+  downloads.set(String(d.id), d);
   const live = d.state === 'downloading';
   const sub = [];
   if (d.error) sub.push(el('div', { class: 'small text-danger text-wrap cell-error' }, d.error));
@@ -349,12 +528,25 @@ function buildRow(d) {
     sub.push(el('div', { class: 'small text-body-secondary' }, `waits until ${formatTime(d.not_before)}`));
   }
   if (d.manifest) sub.push(el('div', { class: 'small text-body-secondary' }, d.manifest));
+  const modelBits = [];
+  if (d.base_model) modelBits.push(badge(d.base_model, 'text-bg-info fw-normal'));
+  if (d.model_type) modelBits.push(badge(d.model_type, 'text-bg-secondary fw-normal'));
   return el('tr', { dataset: { id: d.id, state: d.state } },
     el('td', { class: 'text-end text-body-secondary d-none d-md-table-cell' }, d.id),
     el('td', { class: 'cell-file' },
-      el('div', { class: 'file-name', title: d.path || d.url || '' }, displayName(d)),
-      sub),
-    el('td', { class: 'cell-model d-none d-lg-table-cell small' }, modelLabel(d)),
+      el('div', { class: 'd-flex gap-2 align-items-center' },
+        buildPreview(d, 'preview-thumb'),
+        el('div', { class: 'min-w-0' },
+          el('button', {
+            type: 'button',
+            class: 'btn btn-link p-0 file-name file-name-link',
+            title: `details: ${d.path || d.url || ''}`,
+            dataset: { action: 'details', id: d.id },
+          }, displayName(d)),
+          sub))),
+    el('td', { class: 'cell-model d-none d-lg-table-cell small' },
+      el('div', { class: 'model-label' }, modelLabel(d)),
+      modelBits.length ? el('div', { class: 'd-flex flex-wrap gap-1 mt-1' }, modelBits) : null),
     el('td', { class: 'cell-state' }, stateBadge(d.state)),
     el('td', { class: 'col-progress' }, buildProgress(d)),
     el('td', { class: 'cell-speed text-end text-nowrap' }, live ? formatSpeed(d.speed) : '—'),
@@ -412,6 +604,7 @@ async function loadDownloads() {
     return;
   }
   pendingProgress.clear(); // the fresh rows already carry the latest numbers
+  downloads.clear();
   tbody().replaceChildren(...items.map(buildRow));
   renderEmpty();
   renderPager(items.length);
@@ -515,6 +708,16 @@ async function runAction(button) {
 
 function setupDownloads() {
   tbody().addEventListener('click', (ev) => {
+    const img = ev.target.closest('img.preview-thumb');
+    if (img) {
+      if (!reveal(img)) openDetails(img.dataset.id); // first click on a blurred preview only shows it
+      return;
+    }
+    const details = ev.target.closest('button[data-action="details"]');
+    if (details) {
+      openDetails(details.dataset.id);
+      return;
+    }
     const button = ev.target.closest('button[data-action]');
     if (button && !button.disabled) runAction(button);
   });
@@ -824,6 +1027,8 @@ function followColourScheme() {
 
 followColourScheme();
 setupToken();
+setupNsfwToggle();
+setupDetails();
 setupDownloads();
 setupAddForm();
 setupUpdates();
