@@ -52,12 +52,17 @@ class Throttle:
         # Small reads under a cap keep the rate smooth; 8 slots a second is plenty.
         return READ_SIZE if not self.rate else max(16 << 10, min(READ_SIZE, self.rate // 8))
 
+    # Time a reader spends between its slots (hashing, writing, waking up) is credited up to this
+    # many seconds; without it a single download lost that time every slot and ran at ~0.88 × cap
+    # (bench/RESULTS.md). It also bounds the burst after an idle spell to SLACK × rate.
+    SLACK = 0.1
+
     def take(self, amount, stop):
         if not self.rate:
             return
         with self._lock:
             now = time.monotonic()
-            start = max(now, self._next)
+            start = max(now - self.SLACK, self._next)
             self._next = start + amount / self.rate
             wait = self._next - now
         if wait > 0 and stop.wait(wait):
@@ -255,6 +260,8 @@ class Fetcher:
         for name in dict.fromkeys(n for n in (job.filename, job.api_filename) if n):
             target = job.folder / name
             if target.is_file() and _hash_file(target) == job.expected_sha256:
+                # A part beside it is left over from a crash between linking it into place and removing it.
+                part_path(job.folder, name).unlink(missing_ok=True)
                 return Result(target, name, job.expected_sha256, True, target.stat().st_size, existed=True)
             if name == job.filename and target.exists():
                 # The name was asked for explicitly, so no server answer can change the outcome.
@@ -404,6 +411,7 @@ class Fetcher:
         if target.exists():
             existing = _hash_file(target)
             if job.expected_sha256 and existing == job.expected_sha256:
+                self._discard(job, partial)
                 return Result(target, partial.filename, existing, True, target.stat().st_size, existed=True)
             if job.expected_sha256:
                 raise PermanentError(f"a different file already exists at {target}; move it away or choose "
@@ -524,7 +532,7 @@ class Fetcher:
 
     # -- part file helpers -------------------------------------------------------
     def _part_path(self, job, partial):
-        return job.folder / f"{partial.filename}.part"
+        return part_path(job.folder, partial.filename)
 
     def _load_part(self, job, partial):
         """Hash an existing part once so a resume can continue the same hash."""
@@ -555,11 +563,26 @@ class Fetcher:
         part = self._part_path(job, partial) if partial.filename else None
         if part and part.exists():
             self.quarantine.mkdir(parents=True, exist_ok=True)
-            target = self.quarantine / f"{partial.filename}.{exc.actual[:12]}"
+            target = self.quarantine / fit_name(partial.filename, f".{exc.actual[:12]}")
             os.replace(part, target)
             exc.quarantined = target
             log.warning("download %s: kept the mismatching file in %s (expected %s, got %s)",
                         job.download_id, target, exc.expected, exc.actual)
+
+
+def fit_name(filename, suffix):
+    """`filename + suffix`, shortened (the same way every time) to fit the 255-byte name limit."""
+    name = filename + suffix
+    if len(name.encode()) <= 255:
+        return name
+    tag = "~" + hashlib.sha256(filename.encode()).hexdigest()[:12]
+    keep = filename.encode()[:255 - len(tag) - len(suffix.encode())].decode("utf-8", "ignore")
+    return keep + tag + suffix
+
+
+def part_path(folder, filename):
+    """Where `filename` is downloaded to before it passes the publication gate."""
+    return Path(folder) / fit_name(filename, ".part")
 
 
 def _link_into_place(part, target):

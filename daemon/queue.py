@@ -106,6 +106,21 @@ def _remember_manifest(record):
     _names_cache[record.id] = record.name
 
 
+_CLAIM_SQL = """
+UPDATE "downloads" SET "state" = 'downloading', "started_at" = ?, "error" = NULL, "not_before" = NULL,
+       "attempts" = "attempts" + 1
+WHERE "id" = (
+    SELECT d."id" FROM "downloads" AS d
+    WHERE d."state" = ?
+      AND (d."parent_id" IS NULL OR EXISTS (
+           SELECT 1 FROM "downloads" AS p WHERE p."id" = d."parent_id" AND p."state" IN (?, ?, ?)))
+      AND (d."not_before" IS NULL OR d."not_before" <= ?)
+      AND d."id" NOT IN ({busy})
+    ORDER BY d."priority" DESC, d."id" LIMIT 1)
+  AND "state" = ?
+RETURNING *"""
+
+
 class Queue:
     """Queue operations over the Download table; publishes events on `bus`."""
 
@@ -216,23 +231,14 @@ class Queue:
         quickly is queued again before its old attempt has wound down).
         """
         now = utcnow()
-        parent = Download.alias()
-        # Correlated EXISTS: a primary-key lookup per candidate, not a scan of every ended row.
-        parent_ended = peewee.fn.EXISTS(parent.select(peewee.SQL("1")).where(
-            (parent.id == Download.parent) & parent.state.in_([s.value for s in ENDED])))
-        candidate = (Download.select(Download.id)
-                     .where((Download.state == Status.QUEUED.value)
-                            & (Download.parent.is_null() | parent_ended)
-                            & (Download.not_before.is_null() | (Download.not_before <= now))
-                            & Download.id.not_in(list(exclude)))
-                     .order_by(Download.priority.desc(), Download.id).limit(1))
-        # One UPDATE … RETURNING statement: atomic on its own, and a third of the queries.
-        claim = (Download.update(state=Status.DOWNLOADING.value, started_at=now, error=None, not_before=None,
-                                 attempts=Download.attempts + 1)
-                 .where((Download.id == candidate) & (Download.state == Status.QUEUED.value))
-                 .returning(Download))
+        busy = [int(i) for i in exclude]
+        ended = tuple(s.value for s in ENDED)
+        sql = _CLAIM_SQL.format(busy=", ".join("?" * len(busy)) or "-1")  # never NOT IN (NULL): always unknown
+        # One UPDATE … RETURNING statement: atomic on its own. A child waits until its parent ended
+        # (a correlated EXISTS: a primary-key lookup per candidate, not a scan of every ended row).
+        claim = Download.raw(sql, now, Status.QUEUED.value, *ended, now, *busy, Status.QUEUED.value)
         with db.connection_context():
-            rows = list(claim.execute())
+            rows = list(claim)
         if not rows:
             return None
         row = rows[0]
@@ -373,7 +379,9 @@ class Queue:
     # -- queries ---------------------------------------------------------
     def get(self, download_id):
         with db.connection_context():
-            row = Download.get_or_none(Download.id == download_id)
+            # Hand-written SQL on the hot paths: peewee spends more Python building a query than
+            # SQLite spends running it (research in bench/RESULTS.md, ingest).
+            row = next(iter(Download.raw('SELECT * FROM "downloads" WHERE "id" = ?', download_id)), None)
         if row is None:
             raise NotFound(f"no download with id {download_id}")
         return row

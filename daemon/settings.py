@@ -304,9 +304,16 @@ def write_active_port(config_path, port):
     """Write active_port back into config.yaml, keeping comments and key order."""
     config_path = Path(config_path)
     yaml = _yaml()
-    data = yaml.load(config_path.read_text(encoding="utf-8"))
-    data["active_port"] = port
+    text = config_path.read_text(encoding="utf-8")
+    data = yaml.load(text)
     tmp = config_path.with_name(f".{config_path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        yaml.dump(data, handle)
+        if data is None:  # an empty or comments-only file has no mapping to update: append the key
+            separator = "\n" if text and not text.endswith("\n") else ""
+            handle.write(f"{text}{separator}active_port: {port}\n")
+        else:
+            data["active_port"] = port
+            yaml.dump(data, handle)
+    # The file may hold tokens: the rewritten one keeps the user's permissions (e.g. 0600).
+    os.chmod(tmp, config_path.stat().st_mode & 0o7777)
     os.replace(tmp, config_path)

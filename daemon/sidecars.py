@@ -28,7 +28,7 @@ def find_preview(model_path):
     _, stem = paths_for(model_path)
     for ext in ("png", "jpeg", "jpg", "webp", "gif"):
         candidate = Path(model_path).with_name(f"{stem}.preview.{ext}")
-        if candidate.exists():
+        if os.path.exists(candidate):  # False (not OSError) when the name is too long
             return candidate
     return None
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from .errors import ManifestError
 from .manifest import parse_manifest
 from .models import iso, utcnow
-from .states import Status
+from .states import ENDED, Status
+
+ENDED_STATES = {s.value for s in ENDED}
 
 log = logging.getLogger("daemon.spool")
 
@@ -58,6 +60,7 @@ class Spool:
         self._lock = threading.Lock()
         self._finish_lock = threading.Lock()
         self._place_lock = threading.Lock()
+        self._finished = set()  # manifest ids filed away by this process
         for folder in (self.inbox, self.processing, self.done, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -138,12 +141,13 @@ class Spool:
         if manifest_id is None:
             return
         with self._finish_lock:
-            if self.queue.manifest_pending(manifest_id):
+            rows = self.queue.manifest_items(manifest_id)  # one query answers "all ended?" too
+            if any(r.state not in ENDED_STATES for r in rows) or manifest_id in self._finished:
                 return
             record = self.queue.open_manifest(manifest_id)
             if record is None:
                 return  # already finished by another worker
-            rows = self.queue.manifest_items(manifest_id)
+            self._finished.add(manifest_id)
             ok = bool(rows) and all(r.state == Status.COMPLETED.value for r in rows)
             status = "done" if ok else "failed"
             folder = self.done if ok else self.failed

@@ -25,6 +25,7 @@ log = logging.getLogger("daemon.watcher")
 STABLE_SECONDS = 2.0
 GIVE_UP_SECONDS = 10.0
 RESCAN_SECONDS = 5.0
+INCOMPLETE_PREFIXES = ("manifest: not valid JSON", "manifest: not UTF-8 text")
 
 
 class _Hints(FileSystemEventHandler):
@@ -142,7 +143,8 @@ class Watcher:
         try:
             parse_manifest(data)
         except ManifestError as exc:
-            if not exc.problems[0].startswith("manifest: not valid JSON") or give_up:
+            # A file cut short (possibly inside a UTF-8 character) may still be growing: wait for it.
+            if not exc.problems[0].startswith(INCOMPLETE_PREFIXES) or give_up:
                 self._pending.pop(str(path), None)
                 self.spool.accept(path, data=data)
                 return True

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import sidecars
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PermanentError, TransientError
-from .fetch import Job
+from .fetch import Job, part_path
 from .models import utcnow
 from .queue import private_url
 from .states import Status
@@ -287,8 +287,8 @@ class WorkerPool:
                 os.link(source, target)
             except OSError:
                 import shutil
-                shutil.copyfile(source, target.with_name(target.name + ".part"))
-                os.replace(target.with_name(target.name + ".part"), target)
+                shutil.copyfile(source, part_path(target.parent, target.name))
+                os.replace(part_path(target.parent, target.name), target)
         self.queue.finish(row.id, Status.COMPLETED, path=str(target), filename=target.name, sha256=parent.sha256,
                           verified=parent.verified, bytes=parent.bytes, total=parent.bytes, duration=0.0,
                           model_type=parent.model_type, model_name=parent.model_name,
@@ -305,7 +305,7 @@ class WorkerPool:
         row = self.queue.get(download_id)
         if row.state == Status.CANCELLED.value:
             if row.path:
-                Path(f"{row.path}.part").unlink(missing_ok=True)
+                part_path(Path(row.path).parent, Path(row.path).name).unlink(missing_ok=True)
             log.info("download %s cancelled; part removed", row.id)
             self.spool.maybe_finish(row.manifest_id)
         return True
@@ -348,7 +348,7 @@ class WorkerPool:
 def _remove_part(row, job):
     """Delete a cancelled download's part (its name is known once the server answered)."""
     if row.filename:
-        (job.folder / f"{row.filename}.part").unlink(missing_ok=True)
+        part_path(job.folder, row.filename).unlink(missing_ok=True)
 
 
 def _is_civitai_page(url):

@@ -266,8 +266,6 @@ def test_websocket_crowd_does_not_hurt_downloads(make_daemon, fake):
     assert requests.get(daemon.url + "/healthz", timeout=5).json() == {"ok": True}
 
 
-@pytest.mark.xfail(strict=True, reason="open: the web layer accepts cross-site POSTs and foreign Host headers "
-                                       "when api_token is unset (CSRF / DNS rebinding); see SECURITY.md")
 def test_browser_cross_site_requests_are_refused(make_daemon):
     """With no api_token (the default), a web page the user visits must not drive the local API."""
     daemon = make_daemon(log_level="INFO")
@@ -278,3 +276,17 @@ def test_browser_cross_site_requests_are_refused(make_daemon):
     # DNS rebinding: the browser sends the attacker's host name to 127.0.0.1.
     rebound = requests.get(daemon.url + "/api/status", headers={"Host": f"evil.example:{daemon.port}"}, timeout=5)
     assert rebound.status_code in (403, 421), rebound.status_code
+    # The daemon's own page (same origin) and non-browser clients (no Origin) still work.
+    same = requests.post(daemon.url + "/api/download", json={"url": "http://127.0.0.1:9/ok.bin"},
+                         headers={"Origin": f"http://127.0.0.1:{daemon.port}"}, timeout=5)
+    assert same.status_code == 202, same.text
+    assert requests.get(f"http://localhost:{daemon.port}/api/status", timeout=5).status_code == 200
+
+
+def test_cross_site_checks_give_way_to_a_token(make_daemon):
+    """With api_token set, pages cannot learn the token, so a proxy's public Host name is fine."""
+    daemon = make_daemon(api_token="t" * 32, log_level="INFO")
+    response = requests.post(daemon.url + "/api/download", json={"url": "http://127.0.0.1:9/ok.bin"},
+                             headers={**daemon.headers(), "Host": "models.example.org",
+                                      "Origin": "https://models.example.org"}, timeout=5)
+    assert response.status_code == 202, response.text

@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import bottle
 import gevent
@@ -27,6 +28,7 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY = 32 << 20
 MAX_LIMIT = 1000
 STATES = [s.value for s in Status]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PREVIEW_TYPES = {".png": "image/png", ".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".webp": "image/webp",
                  ".gif": "image/gif"}
 
@@ -156,6 +158,29 @@ class WebApp:
         self._routes()
 
     # -- auth ---------------------------------------------------------------
+    def _browser_problem(self, request, write):
+        """Why a request without any token configured looks forged by another web site, or None.
+
+        With no api_token anyone who can reach the port may act, which must not
+        include web pages the user visits: a cross-site form can POST text/plain
+        without a CORS preflight, and DNS rebinding points an attacker's host
+        name at 127.0.0.1. So, tokenless only: a loopback-bound daemon answers
+        only requests addressed to a loopback name, and a state change (or the
+        live feed) carrying an Origin must come from the daemon's own origin.
+        With a token these checks are moot: pages cannot learn the token.
+        """
+        if self.settings.api_token or self.settings.viewer_token:
+            return None
+        host_header = request.get_header("Host", "")
+        host = urlsplit(f"//{host_header}").hostname or ""
+        if self.settings.host in LOOPBACK and host not in LOOPBACK:
+            return (f"refused a request addressed to {host_header[:80]!r}: the daemon listens on "
+                    f"{self.settings.host} without an api_token; use http://127.0.0.1 or set api_token")
+        origin = request.get_header("Origin")
+        if write and origin is not None and urlsplit(origin).netloc.lower() != host_header.lower():
+            return "refused a cross-site request (Origin does not match); set api_token to allow other clients"
+        return None
+
     def _role(self, request, websocket=False):
         """'admin', 'viewer', or None (refused) for the request's token."""
         admin, viewer = self.settings.api_token, self.settings.viewer_token
@@ -173,6 +198,9 @@ class WebApp:
     def _guard(self, handler, write=False, websocket=False, query_token=False):
         def wrapped(*args, **kwargs):
             try:
+                problem = self._browser_problem(bottle.request, write or websocket)
+                if problem:
+                    raise ApiError(403, problem)
                 role = self._role(bottle.request, websocket or query_token)
                 if role is None:
                     raise ApiError(401, "missing or wrong token: send Authorization: Bearer <api_token>")
@@ -263,7 +291,8 @@ class WebApp:
         environ = handler.environ
         if not environ.get("PATH_INFO", "").startswith("/ws/"):
             return True
-        return self._role(bottle.BaseRequest(environ), websocket=True) is None
+        request = bottle.BaseRequest(environ)
+        return self._browser_problem(request, True) is not None or self._role(request, websocket=True) is None
 
     def gui(self):
         return bottle.static_file("index.html", root=str(STATIC), mimetype="text/html; charset=utf-8")
