@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 import tenacity
 
-from .errors import EarlyAccess, PermanentError, TransientError
-from .fetch import TOKEN_HELP, USER_AGENT
+from . import USER_AGENT
+from .errors import TOKEN_HELP, EarlyAccess, PermanentError, TransientError
 from .manifest import CIVITAI_HOSTS, sanitize_filename
 
 log = logging.getLogger("daemon.civitai")

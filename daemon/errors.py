@@ -1,5 +1,8 @@
 """The exception tree. The message is for humans; the type decides retrying."""
 
+TOKEN_HELP = ("this model needs a Civitai API token: set civitai_token in config.yaml or the "
+              "CIVITAI_API_TOKEN environment variable (create one at https://civitai.com/user/account)")
+
 
 class DaemonError(Exception):
     """Base of every error the daemon raises on purpose."""

@@ -24,20 +24,17 @@ import requests
 import tenacity
 import urllib3
 
-from . import __version__
-from .errors import Cancelled, DiskFull, EarlyAccess, HashMismatch, PermanentError, TransientError
+from . import USER_AGENT
+from .errors import TOKEN_HELP, Cancelled, DiskFull, EarlyAccess, HashMismatch, PermanentError, TransientError
 from .manifest import sanitize_filename
 
 log = logging.getLogger("daemon.fetch")
 
-USER_AGENT = f"civitai-daemon/{__version__}"
 READ_SIZE = 4 << 20      # large reads: fewest Python iterations per GiB
 WRITE_SLICE = 256 << 10  # small write() calls: much cheaper page-cache writes (research/performance.md §1)
 STALL_BYTES = 1024
 MAX_REDIRECTS = 10
 SNIFF = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")
-TOKEN_HELP = ("this model needs a Civitai API token: set civitai_token in config.yaml or the "
-              "CIVITAI_API_TOKEN environment variable (create one at https://civitai.com/user/account)")
 
 
 class Throttle:

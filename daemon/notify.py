@@ -14,7 +14,7 @@ import time
 
 import requests
 
-from .fetch import USER_AGENT
+from . import USER_AGENT
 
 log = logging.getLogger("daemon.notify")
 

@@ -3,7 +3,6 @@
 Every state change goes through `_set_state`, which checks the transition
 table, commits, and only then publishes the event.
 """
-import datetime
 import json
 import logging
 import re
@@ -11,10 +10,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import peewee
 
-from . import models
 from .civitai import preview_image
 from .errors import InvalidTransition, NotFound
-from .models import Download, ManifestRecord, ModelUpdate, db, iso, utcnow
+from .models import Download, ManifestRecord, db, iso, utcnow
 from .sidecars import find_preview
 from .states import ENDED, TRANSITIONS, Status, check_action, check_transition
 

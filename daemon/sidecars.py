@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import USER_AGENT
 from .civitai import preview_image
-from .fetch import USER_AGENT
 
 log = logging.getLogger("daemon.sidecars")
 

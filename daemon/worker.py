@@ -5,7 +5,6 @@ the GIL, so two downloads use both cores); they never touch gevent objects.
 """
 import collections
 import datetime
-import json
 import logging
 import os
 import threading
