@@ -46,8 +46,10 @@ class Throttle:
         self._lock = threading.Lock()
 
     def read_size(self):
-        # Small reads under a cap keep the rate smooth; 8 slots a second is plenty.
-        return READ_SIZE if not self.rate else max(16 << 10, min(READ_SIZE, self.rate // 8))
+        # Under a cap every read is one turn of at most 64 KiB: readers take turns of equal size,
+        # so the cap is shared fairly. (With large reads each turn was as long as whatever the
+        # socket buffer held, and a download with a small buffer stayed starved.)
+        return READ_SIZE if not self.rate else max(16 << 10, min(64 << 10, self.rate // 64))
 
     # Time a reader spends between its slots (hashing, writing, waking up) is credited up to this
     # many seconds; without it a single download lost that time every slot and ran at ~0.88 × cap

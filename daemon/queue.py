@@ -50,7 +50,8 @@ def download_dict(row, progress=None):
         "finished_at": iso(row.finished_at),
     }
     data["preview"] = (f"api/downloads/{row.id}/preview"
-                       if row.state == Status.COMPLETED and row.path and find_preview(row.path) else None)
+                       if row.state == Status.COMPLETED and row.path and row.civitai_info
+                       and find_preview(row.path) else None)  # only Civitai downloads get sidecars
     data["nsfw_level"] = nsfw_level(row.civitai_info)
     if row.manifest_id is not None:
         data["manifest"] = _manifest_name(row.manifest_id)

@@ -296,6 +296,23 @@ def test_throttle_caps_the_rate(make_daemon, fake):
     assert daemon.result("slow.json")[0] == "done"
 
 
+def test_throttle_is_shared_fairly(make_daemon, fake):
+    """Two downloads under one cap progress at about the same rate (neither is starved)."""
+    blobs = [fake.add_blob(f"fair{i}.bin", size=6 * MB) for i in range(2)]
+    daemon = make_daemon(throttle="4MB", workers=2)
+    daemon.drop("fair.json", {"items": [{"url": b["url"], "sha256": b["sha256"]} for b in blobs]})
+
+    def both_running():
+        active = daemon.get("/api/status").json()["active"]
+        return len(active) == 2 and all(a["bytes"] > 0 for a in active) and active
+
+    wait_for(both_running, 20, message="two throttled downloads running")
+    time.sleep(1.5)  # let the shares settle; this measures a rate, not a condition
+    shares = sorted(a["bytes"] for a in daemon.get("/api/status").json()["active"])
+    assert len(shares) == 2 and shares[0] >= 0.6 * shares[1], shares
+    assert daemon.result("fair.json", 60)[0] == "done"
+
+
 def test_too_little_free_disk_fails_clearly(make_daemon, fake):
     blob = fake.add_blob("huge.bin", size=10_000)
     fake.faults.wrong_length = 10**18  # advertises about an exabyte
