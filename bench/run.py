@@ -149,10 +149,13 @@ def unlink_all(folder):
     if not folder.exists():
         return
     for entry in os.scandir(folder):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
+        try:  # a running daemon may remove a .part (or link a file) under our feet
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
 
 def warm(paths):
