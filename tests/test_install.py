@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -222,10 +223,20 @@ def test_service_needs_root_for_real(tmp_path: Path) -> None:
     drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python]
     if subprocess.run([*drop, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"]).returncode:
         pytest.skip("/usr/bin/python3 is older than 3.11")
-    if subprocess.run([*drop, "-c", f"open({str(ROOT / 'install.py')!r}).close()"]).returncode:
-        pytest.skip("nobody cannot read this checkout")
-    result = subprocess.run([*drop, str(ROOT / "install.py"), "--service", "--unit-dir", str(tmp_path)],
-                            env=clean_env(), capture_output=True, text=True, timeout=60)
+    # A checkout in a private folder (mktemp -d, a home directory) is unreadable for nobody:
+    # run a world-readable copy of the project's files instead.
+    public = Path(tempfile.mkdtemp(prefix="civitai-install-"))
+    try:
+        public.chmod(0o755)
+        for name in ("install.py", "config.yaml", "launch.py"):
+            shutil.copy(ROOT / name, public / name)
+        shutil.copytree(ROOT / "systemd", public / "systemd")
+        for path in public.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        result = subprocess.run([*drop, str(public / "install.py"), "--service", "--unit-dir", str(tmp_path)],
+                                env=clean_env(), capture_output=True, text=True, timeout=60, cwd=public)
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
     assert result.returncode == 2
     assert "needs root" in result.stderr
     assert list(tmp_path.iterdir()) == []
