@@ -217,9 +217,8 @@ class Queue:
             for row, _ in rows:
                 self.bus.publish("download.queued", download_dict(row, self.progress))
         else:  # a huge batch: one summary event instead of thousands
-            self.bus.publish("download.queued", {"id": rows[0][0].id, "ids": [r.id for r, _ in rows][:0],
-                                                 "count": len(rows), "first_id": rows[0][0].id,
-                                                 "last_id": rows[-1][0].id})
+            self.bus.publish("download.queued", {"id": rows[0][0].id, "count": len(rows),
+                                                 "first_id": rows[0][0].id, "last_id": rows[-1][0].id})
         return [row.id for row, _ in rows]
 
     # -- worker side -----------------------------------------------------

@@ -7,11 +7,13 @@ import collections
 import datetime
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 from . import sidecars
+from .civitai import parse_time
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PermanentError, TransientError
 from .fetch import Job, part_path
 from .models import utcnow
@@ -285,7 +287,6 @@ class WorkerPool:
             try:
                 os.link(source, target)
             except OSError:
-                import shutil
                 shutil.copyfile(source, part_path(target.parent, target.name))
                 os.replace(part_path(target.parent, target.name), target)
         self.queue.finish(row.id, Status.COMPLETED, path=str(target), filename=target.name, sha256=parent.sha256,
@@ -318,7 +319,6 @@ class WorkerPool:
     def _park(self, row, exc):
         until = exc.not_before
         if isinstance(until, str):
-            from .civitai import parse_time
             until = parse_time(until)
         until = until or utcnow() + datetime.timedelta(hours=1)
         log.info("download %s: %s", row.id, exc)

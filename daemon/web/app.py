@@ -19,6 +19,8 @@ from xstatic.pkg import bootstrap as xstatic_bootstrap
 from .. import __version__
 from ..errors import InvalidTransition, ManifestError, NotFound
 from ..manifest import parse_items
+from ..queue import download_dict, redact_url, stored_info
+from ..sidecars import find_preview
 from ..states import ACTIONS, Status
 from . import openapi
 
@@ -351,7 +353,6 @@ class WebApp:
         return self._json({"items": items, "total": total, "limit": limit, "offset": offset})
 
     def api_download_one(self, download_id):
-        from ..queue import download_dict
         row = _db(self.queue.get, _id(download_id))
         return self._json(_db(download_dict, row, self.queue.progress))
 
@@ -363,7 +364,6 @@ class WebApp:
         return self._json(info)
 
     def _stored_info(self, download_id):
-        from ..queue import stored_info
         return _scrub(stored_info(self.queue.get(download_id).civitai_info))
 
     def api_preview(self, download_id):
@@ -382,7 +382,6 @@ class WebApp:
 
     def _preview_path(self, download_id):
         """The preview sidecar beside the download's file; the path comes from the database row only."""
-        from ..sidecars import find_preview
         row = self.queue.get(download_id)
         if row.state != Status.COMPLETED or not row.path:
             return None
@@ -430,7 +429,6 @@ class WebApp:
 
 def _scrub(node):
     """A copy of stored Civitai JSON with token-like query parameters and user:pass@ removed from URLs."""
-    from ..queue import redact_url
     if isinstance(node, dict):
         return {key: _scrub(value) for key, value in node.items()}
     if isinstance(node, list):
