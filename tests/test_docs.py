@@ -42,8 +42,9 @@ def test_example_manifest_is_valid_and_shown_in_readme():
 def test_readme_starts_with_the_two_commands():
     block = README.split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
-    assert commands == ["python3 install.py", "bash test.sh"]
-    assert "bash ./test.sh" in (ROOT / ".ci" / "run").read_text()
+    assert commands == ["python3 install.py", "bash .ci/run"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python3 install.py --no-start" in ci and 'run --frozen pytest' in ci
 
 
 def test_readme_lists_every_route():
