@@ -1,6 +1,8 @@
 """Fixtures that run the real daemon process against a local fake Civitai."""
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +163,49 @@ def make_daemon(tmp_path, fake):
     for daemon in started:
         if daemon.proc and daemon.proc.poll() is None:
             daemon.stop(signal.SIGKILL)
+
+
+# -- browser tests ---------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def _need_chromium():
+    problem = None
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        problem = f"{CHROMIUM} is not installed (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is not installed"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Debian Chromium for all browser tests (with CI set, a missing browser fails)."""
+    _need_chromium()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        instance.close()
+
+
+# -- local receivers and files -------------------------------------------------------
+@pytest.fixture
+def hook():
+    """A real local HTTP receiver for webhooks (and the fake Telegram Bot API)."""
+    from receivers import Receiver
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

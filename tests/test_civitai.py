@@ -11,21 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
-from receivers import Receiver
+from conftest import sha, wait_for
 
 SECRET = "hook-secret-123"
-
-
-@pytest.fixture
-def hook():
-    receiver = Receiver().start()
-    yield receiver
-    receiver.stop()
-
-
-def sha(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_version_only_item_lands_verified_with_sidecars_and_webhook(fake, make_daemon, hook):

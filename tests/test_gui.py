@@ -1,44 +1,14 @@
 """The Bootstrap GUI in a real Chromium against the real daemon process (SPEC §8, GET /gui)."""
 import os
 import re
-import shutil
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 # The README's screenshot is refreshed only on request, so a test run never dirties the checkout.
 SCREENSHOT = ROOT / "docs" / "gui.png" if os.environ.get("UPDATE_SCREENSHOTS") else None
-
-
-def _need_chromium():
-    problem = None
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
-        problem = f"{CHROMIUM} is not installed (apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright package is not installed"
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _need_chromium()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
 
 
 class Page:

@@ -6,10 +6,9 @@ import struct
 import zlib
 from urllib.parse import urlsplit
 
-import pytest
 
 from conftest import ROOT
-from test_gui import ARGS, CHROMIUM, Page, _need_chromium, expect
+from test_gui import Page, expect
 
 # docs/previews.png is refreshed only with UPDATE_SCREENSHOTS=1, so a test run never dirties the checkout.
 SCREENSHOT = ROOT / "docs" / "previews.png" if os.environ.get("UPDATE_SCREENSHOTS") else None
@@ -86,15 +85,6 @@ def test_preview_and_info_served_from_disk(make_daemon, fake):
     assert daemon.get(f"/api/downloads/{d['id']}/preview").status_code == 404
     assert daemon.download(d["id"])["preview"] is None
 
-
-@pytest.fixture(scope="module")
-def browser():
-    _need_chromium()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
 
 
 def open_gui(browser, daemon, token):

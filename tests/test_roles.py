@@ -8,7 +8,7 @@ import pytest
 import requests
 import websocket
 
-from test_gui import ARGS, CHROMIUM, Page, _need_chromium, expect
+from test_gui import Page, expect
 
 ADMIN = "roles-admin-token"
 VIEWER = "roles-viewer-token"
@@ -132,15 +132,6 @@ def test_wrong_or_missing_token_is_401(daemon):
         assert requests.get(daemon.url + path, timeout=10).status_code == 200
     assert ADMIN not in daemon.logs() and VIEWER not in daemon.logs()
 
-
-@pytest.fixture(scope="module")
-def browser():
-    _need_chromium()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
 
 
 def test_gui_hides_actions_from_a_viewer(daemon, fake, browser):

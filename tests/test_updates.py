@@ -1,22 +1,8 @@
 """The model update check against the real daemon and the fake Civitai (SPEC §9)."""
-import hashlib
 from pathlib import Path
 
-import pytest
 
-from conftest import wait_for
-from receivers import Receiver
-
-
-@pytest.fixture
-def hook():
-    receiver = Receiver().start()
-    yield receiver
-    receiver.stop()
-
-
-def sha(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+from conftest import sha, wait_for
 
 
 def completed(d, manifest_name, manifest):
