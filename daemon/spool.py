@@ -71,24 +71,16 @@ class Spool:
         with os.fdopen(fd, "rb") as handle:
             return handle.read(64 << 20)
 
-    def accept(self, path, data=None, problem=None):
-        """Take one inbox file: reject it whole or move it to processing/ and enqueue its items."""
+    def accept(self, path, items=None, problems=None):
+        """Take one inbox file, already parsed by the watcher: reject it whole when there are
+        `problems`, else move it to processing/ and enqueue its `items`."""
         path = Path(path)
         name = path.name
         with self._lock:
             if not path.exists() and not path.is_symlink():
                 return None
-            errors = [problem] if problem else []
-            items = []
-            if not errors:
-                try:
-                    items = parse_manifest(data if data is not None else self.read(path))
-                except ManifestError as exc:
-                    errors = exc.problems
-                except OSError as exc:
-                    errors = [f"manifest: cannot be read ({exc.strerror or exc}); symlinks are not followed"]
-            if errors:
-                return self._reject(path, errors)
+            if problems:
+                return self._reject(path, problems)
             target = free_name(self.processing, name)
             os.replace(path, self.processing / target)
             record = self.queue.create_manifest(target, items=len(items))

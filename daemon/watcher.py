@@ -117,8 +117,8 @@ class Watcher:
             return
         if path.is_symlink():
             self._pending.pop(str(path), None)
-            self.spool.accept(path, problem="manifest: is a symbolic link; symlinks in inbox/ are not followed "
-                                            "(copy or move the file in instead)")
+            self.spool.accept(path, problems=["manifest: is a symbolic link; symlinks in inbox/ are not followed "
+                                              "(copy or move the file in instead)"])
             return
         try:
             stat = path.stat()
@@ -141,16 +141,16 @@ class Watcher:
         except OSError:
             return False
         try:
-            parse_manifest(data)
+            items = parse_manifest(data)  # parsed once, here; the spool takes the items
         except ManifestError as exc:
             # A file cut short (possibly inside a UTF-8 character) may still be growing: wait for it.
             if not exc.problems[0].startswith(INCOMPLETE_PREFIXES) or give_up:
                 self._pending.pop(str(path), None)
-                self.spool.accept(path, data=data)
+                self.spool.accept(path, problems=exc.problems)
                 return True
             return False
         self._pending.pop(str(path), None)
-        self.spool.accept(path, data=data)
+        self.spool.accept(path, items=items)
         return True
 
     def _check_pending(self):
