@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up civitai-daemon on this machine, then start it or install it as a systemd service.
 
-    python3 install.py                      install uv if missing, `uv sync`, start in the foreground
+    python3 install.py                      install uv if missing, `uv sync --no-dev`, start in the foreground
     python3 install.py --no-start           set up only
     sudo python3 install.py --service       set up, then install, enable and start the systemd unit
     sudo python3 install.py --uninstall-service
@@ -203,9 +203,11 @@ def uv_env() -> dict[str, str]:
 
 
 def sync(uv: str) -> None:
-    say(f"installing dependencies: uv sync --frozen (in {ROOT})")
-    if subprocess.run([uv, "sync", "--frozen"], cwd=ROOT, env=uv_env()).returncode != 0:
-        raise InstallError("`uv sync --frozen` failed; see its output above")
+    # The runtime only: a user's daemon carries no pytest, Playwright or
+    # schemathesis. `.ci/run` adds the dev group for the test suite.
+    say(f"installing dependencies: uv sync --frozen --no-dev (in {ROOT})")
+    if subprocess.run([uv, "sync", "--frozen", "--no-dev"], cwd=ROOT, env=uv_env()).returncode != 0:
+        raise InstallError("`uv sync --frozen --no-dev` failed; see its output above")
 
 
 def set_up() -> str:
@@ -218,7 +220,8 @@ def start_foreground(uv: str, config_path: Path | None) -> None:
     """Replace this process with the daemon in the foreground."""
     if not (ROOT / "launch.py").is_file():
         raise InstallError(f"{ROOT / 'launch.py'} is missing; is this a complete checkout?")
-    command = [uv, "run", "--frozen", "python", "launch.py"]
+    # --no-dev: `uv run` would otherwise add the dev group to the environment.
+    command = [uv, "run", "--frozen", "--no-dev", "python", "launch.py"]
     if config_path is not None:
         command += ["--config", str(config_path)]
     say(f"starting civitai-daemon in the foreground (Ctrl+C stops it); {describe_gui(config_path or ROOT / 'config.yaml')}")
@@ -515,7 +518,7 @@ def run(argv: list[str]) -> int:
 
     uv = set_up()
     if args.no_start:
-        say("set-up done; start the daemon with `python3 install.py` or `uv run civitai-daemon run`")
+        say("set-up done; start the daemon with `python3 install.py` or `uv run --no-dev civitai-daemon run`")
         return 0
     start_foreground(uv, config_path)
     return 0  # not reached: start_foreground replaces this process

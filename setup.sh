@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up civitai-daemon and start it: finds Python >= 3.11, then hands over to
-# install.py, which installs uv when missing, runs `uv sync` and starts the
+# install.py, which installs uv when missing, runs `uv sync --no-dev` and starts the
 # daemon. Every argument goes to install.py, e.g.:
 #   ./setup.sh                  set up and start in the foreground
 #   ./setup.sh --no-start       set up only

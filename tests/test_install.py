@@ -127,7 +127,23 @@ def test_no_start_sets_up_a_fresh_copy(checkout: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert (checkout / ".venv" / "bin" / "python").exists()
     assert "uv found" in result.stdout or "installing it" in result.stdout
-    assert "uv sync --frozen" in result.stdout
+    assert "uv sync --frozen --no-dev" in result.stdout
+
+
+def test_no_start_installs_the_runtime_without_test_tools(synced: Path) -> None:
+    """A user's daemon carries its runtime dependencies and none of the dev group."""
+    python = synced / ".venv" / "bin" / "python"
+    probe = ("import importlib.util, sys; names = sys.argv[1:]; "
+             "print(' '.join(n for n in names if importlib.util.find_spec(n)))")
+    runtime = ["bottle", "gevent", "peewee", "watchdog", "requests", "daemon"]
+    dev = ["pytest", "playwright", "schemathesis", "hypothesis", "websocket"]
+    found = subprocess.run([str(python), "-c", probe, *runtime, *dev], cwd=synced, env=clean_env(),
+                           capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert found == runtime
+
+
+def test_ci_run_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(ROOT / ".ci" / "run")], check=True)
 
 
 def test_setup_sh_is_valid_bash() -> None:
