@@ -180,7 +180,8 @@ def write_blob(path: Path, filename: str, *, data: bytes | None = None, size: in
 class Faults:
     """Switchable faults, read by the server per request. Counters: >0 fire and count down, <0 fire forever."""
 
-    _COUNTERS = ("drop_times", "status_5xx", "status_429", "corrupt_times", "stall_times", "api_5xx")
+    _COUNTERS = ("drop_times", "status_5xx", "status_429", "corrupt_times", "stall_times", "api_5xx",
+                 "slow_segment_times", "segment_drop_times", "segment_expire_times")
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -189,6 +190,7 @@ class Faults:
 
     def reset(self) -> None:
         with self._lock:
+            self._ranged = 0  # ranged requests seen (for ignore_range_on)
             # body faults (storage and /files)
             self.drop_after: int | None = None   # close the connection after N body bytes ...
             self.drop_times: int = 1             # ... for this many responses
@@ -204,6 +206,17 @@ class Faults:
             self.chunked: bool = False           # Transfer-Encoding: chunked, no Content-Length
             self.expire_seconds: float | None = None  # signed storage URLs older than this -> 403 ExpiredRequest
             self.blocked_user_agents: list[str] = []  # substrings; storage answers 403 (B2 vs aria2c)
+            # segment faults (storage and /files). `rate` above already caps each connection; a
+            # "segment" here is a ranged answer (206) that starts past byte 0.
+            self.slow_segment_rate: int | None = None  # serve a segment at this many bytes/s ...
+            self.slow_segment_times: int = 1           # ... for this many segments (work stealing)
+            self.segment_drop_after: int | None = None  # close a segment's connection after N bytes ...
+            self.segment_drop_times: int = 1            # ... for this many segments
+            self.segment_expire_after: int | None = None  # after N bytes of a segment, close it and expire
+            self.segment_expire_times: int = 1            # its signed link (later requests: 403 ExpiredRequest)
+            self.etag_change_after: int | None = None  # once N body bytes of a blob were served, it gets a
+            #                                            new ETag and Last-Modified (same bytes: a re-upload)
+            self.ignore_range_on: int | None = None    # the Nth ranged request (1 = first) gets 200 + full body
             # entry-point faults (download endpoint and /files)
             self.status_5xx: int = 0             # 503 JSON
             self.status_429: int = 0             # 429 JSON (quota message)
@@ -224,6 +237,12 @@ class Faults:
                 setattr(self, counter, n - 1)
             return True
 
+    def count_ranged(self) -> int:
+        """Number this ranged request (1, 2, ...) since the last reset."""
+        with self._lock:
+            self._ranged = self.__dict__.get("_ranged", 0) + 1
+            return self._ranged
+
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_sealed") and not name.startswith("_") and name not in self.__dict__:
             raise AttributeError(f"unknown fault {name!r}")
@@ -232,6 +251,15 @@ class Faults:
     def __repr__(self) -> str:
         on = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         return f"Faults({on})"
+
+
+@dataclasses.dataclass
+class Served:
+    """The body bytes one answer actually wrote: [start, end) of the blob named `name`."""
+    name: str
+    start: int
+    end: int
+    status: int
 
 
 @dataclasses.dataclass
@@ -288,6 +316,8 @@ class FakeCivitai:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._conns: set[socket.socket] = set()
+        self.served: list[Served] = []          # body byte ranges written, in order (segment tests)
+        self._expired: set[str] = set()         # signatures expired by segment_expire_after
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "FakeCivitai":
@@ -341,6 +371,21 @@ class FakeCivitai:
     def requests_to(self, host: str | None = None, prefix: str = "") -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if (host is None or r.host == host) and r.path.startswith(prefix)]
+
+    def served_ranges(self, name: str) -> list[tuple[int, int]]:
+        """The [start, end) byte ranges of blob `name` (its file name) written so far."""
+        with self._lock:
+            return [(s.start, s.end) for s in self.served if s.name == name and s.end > s.start]
+
+    def bytes_served_twice(self, name: str) -> int:
+        """How many bytes of blob `name` were written by more than one answer."""
+        edges = sorted([(a, 1) for a, _ in self.served_ranges(name)] + [(b, -1) for _, b in self.served_ranges(name)])
+        twice, depth, last = 0, 0, 0
+        for pos, step in edges:
+            if depth > 1:
+                twice += (pos - last) * (depth - 1)
+            depth, last = depth + step, pos
+        return twice
 
     # ------------------------------------------------------------ catalogue
     def _next_time(self) -> float:
@@ -969,11 +1014,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._xml(403, "SignatureDoesNotMatch",
                              "The request signature we calculated does not match the signature you provided.")
         limit = f.faults.expire_seconds if f.faults.expire_seconds is not None else f.url_expires
-        if time.time() - issued > limit:
+        if time.time() - issued > limit or sig in f._expired:
             return self._xml(403, "ExpiredRequest", "Request has expired")
         if blob is None:
             return self._xml(404, "NoSuchKey", "The specified key does not exist.")
         disp = (query.get("response-content-disposition") or [None])[0]
+        self._sig = sig
         self._serve_blob(blob, disp)
 
     def _files(self, name: str) -> None:
@@ -984,6 +1030,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             blob = f._files.get(name)
         if blob is None:
             return self._html(404, "<html><body><h1>404 Not Found</h1></body></html>")
+        self._sig = None  # /files links do not expire
         self._serve_blob(blob, blob.filename or None)
 
     def _serve_blob(self, blob: Blob, disposition: str | None) -> None:
@@ -996,6 +1043,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if rng and if_range is not None and if_range.strip() not in (blob.etag, last_mod):
             rng = None
         if rng and faults.ignore_range:
+            rng = None
+        if rng and faults.ignore_range_on is not None and faults.count_ranged() == faults.ignore_range_on:
             rng = None
         if rng:
             m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", rng)
@@ -1044,7 +1093,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if close_after:
             self.close_connection = True
-        self._stream(blob, start, length, chunked=faults.chunked)
+        self._stream(blob, start, length, chunked=faults.chunked, segment=partial and start > 0)
         if close_after:
             self._hard_close()
 
@@ -1055,11 +1104,48 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _stream(self, blob: Blob, start: int, length: int, chunked: bool) -> None:
+    def _stream(self, blob: Blob, start: int, length: int, chunked: bool, segment: bool = False) -> None:
+        served = Served(blob.filename, start, start, self.rec.status if self.rec else 200)
+        with self.fake._lock:
+            self.fake.served.append(served)
+        try:
+            self._stream_body(blob, start, length, chunked, segment, served)
+        finally:
+            self._after_served(blob)
+
+    def _after_served(self, blob: Blob) -> None:
+        """The etag_change_after fault: count the blob's served bytes, re-upload it once past N."""
+        f = self.fake
+        with f._lock:
+            limit = f.faults.etag_change_after
+            if limit is None:
+                return
+            total = sum(s.end - s.start for s in f.served if s.name == blob.filename)
+            if total >= limit:
+                f.faults.etag_change_after = None
+                blob.mtime += 1
+                blob.etag = '"' + hashlib.md5(blob.etag.encode()).hexdigest() + '"'
+
+    def _expire_link(self, expire_at: int | None) -> None:
+        sig = getattr(self, "_sig", None)
+        if expire_at is not None and sig:
+            with self.fake._lock:
+                self.fake._expired.add(sig)
+
+    def _stream_body(self, blob: Blob, start: int, length: int, chunked: bool, segment: bool,
+                     served: Served) -> None:
         f = self.fake
         faults = f.faults
         d, st = faults.drop_after, faults.stall_after
         drop_at = d if d is not None and d < length and faults.take("drop_times") else None
+        slow = faults.slow_segment_rate if segment and faults.slow_segment_rate and \
+            faults.take("slow_segment_times") else None
+        sd, se = faults.segment_drop_after, faults.segment_expire_after
+        if segment and sd is not None and sd < length and faults.take("segment_drop_times"):
+            drop_at = sd if drop_at is None else min(drop_at, sd)
+        expire_at = se if segment and se is not None and se < length and faults.take("segment_expire_times") else None
+        if expire_at is not None:
+            drop_at = expire_at if drop_at is None else min(drop_at, expire_at)
         stall_at = st if st is not None and st < length and faults.take("stall_times") else None
         corrupt = length > 0 and faults.take("corrupt_times")
         sent = 0
@@ -1078,6 +1164,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 n = min(MiB, length - sent)
                 if drop_at is not None:
                     if sent >= drop_at:
+                        self._expire_link(expire_at)
                         self._hard_close()
                         raise _Abort
                     n = min(n, drop_at - sent)
@@ -1087,7 +1174,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         stall_at = None
                         continue
                     n = min(n, stall_at - sent)
-                rate = faults.rate
+                rate = slow or faults.rate
                 if rate:
                     n = max(1, min(n, rate // 10 or 1))
                 buf = fh.read(n)
@@ -1097,9 +1184,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     buf = buf[:-1] + bytes([buf[-1] ^ 0xFF])
                 out(buf)
                 sent += len(buf)
+                served.end = start + sent
+                if faults.etag_change_after is not None:
+                    self._after_served(blob)
                 if rate:
                     f._stopping.wait(len(buf) / rate)
             if drop_at is not None and sent >= drop_at and sent < length:
+                self._expire_link(expire_at)
                 self._hard_close()
                 raise _Abort
             if faults.extra_bytes:

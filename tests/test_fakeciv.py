@@ -192,3 +192,76 @@ def test_files_route_and_expiry(fake):
     fake.faults.expire_seconds = 0
     r = requests.get(f"{fake.base_url}/api/download/models/100", headers=UA, timeout=5)
     assert r.status_code == 403 and "ExpiredRequest" in r.text
+
+
+# ---------------------------------------------------------------- segment faults
+
+
+def _storage_url(fake, vid):
+    r = requests.get(f"{fake.base_url}/api/download/models/{vid}", headers=UA, allow_redirects=False, timeout=5)
+    return r.headers["Location"]
+
+
+def _ranged(url, start, end=None, **headers):
+    span = f"bytes={start}-" + ("" if end is None else str(end - 1))
+    return requests.get(url, headers={**UA, "Range": span, **headers}, timeout=10)
+
+
+def test_served_ranges_and_bytes_served_twice(fake):
+    info = fake.version_info(101)
+    url = _storage_url(fake, 101)
+    assert _ranged(url, 0, 1000).status_code == 206
+    assert _ranged(url, 500, 2000).status_code == 206
+    assert fake.served_ranges(info["filename"]) == [(0, 1000), (500, 2000)]
+    assert fake.bytes_served_twice(info["filename"]) == 500
+
+
+def test_segment_drop_and_slow_segment(fake):
+    info = fake.version_info(101)
+    url = _storage_url(fake, 101)
+    fake.faults.segment_drop_after = 10_000
+    assert len(_ranged(url, 0, 50_000).content) == 50_000  # byte 0 on: not a segment
+    with pytest.raises(requests.exceptions.RequestException):
+        _ranged(url, 50_000).content
+    assert fake.served_ranges(info["filename"])[-1] == (50_000, 60_000)
+    fake.faults.slow_segment_rate = 100_000
+    assert len(_ranged(url, 0, 20_000).content) == 20_000
+    assert fake.faults.slow_segment_times == 1  # byte 0 on is not a segment: counter untouched
+    r = _ranged(url, 60_000, 80_000)
+    assert r.status_code == 206 and len(r.content) == 20_000
+    assert fake.faults.slow_segment_times == 0  # that segment was the slow one
+
+
+def test_segment_expire_after(fake):
+    url = _storage_url(fake, 101)
+    fake.faults.segment_expire_after = 20_000
+    with pytest.raises(requests.exceptions.RequestException):
+        _ranged(url, 100_000).content
+    r = _ranged(url, 120_000)
+    assert r.status_code == 403 and "ExpiredRequest" in r.text
+    assert requests.get(url, headers=UA, timeout=5).status_code == 403  # the whole link, not one range
+    fresh = _storage_url(fake, 101)
+    assert _ranged(fresh, 120_000).status_code == 206
+
+
+def test_etag_change_after(fake):
+    url = _storage_url(fake, 101)
+    first = _ranged(url, 0, 100_000)
+    fake.faults.etag_change_after = 150_000
+    _ranged(url, 100_000, 200_000)
+    later = _ranged(url, 200_000, 300_000)
+    assert later.headers["ETag"] != first.headers["ETag"]
+    assert later.headers["Last-Modified"] != first.headers["Last-Modified"]
+    stale = _ranged(url, 300_000, 400_000, **{"If-Range": first.headers["ETag"]})
+    assert stale.status_code == 200  # If-Range with the old validator: the whole new body
+    assert fake.faults.etag_change_after is None
+
+
+def test_ignore_range_on_second_request_only(fake):
+    info = fake.version_info(101)
+    url = _storage_url(fake, 101)
+    fake.faults.ignore_range_on = 2
+    assert _ranged(url, 1000).status_code == 206
+    second = _ranged(url, 2000)
+    assert second.status_code == 200 and len(second.content) == info["size"]
+    assert _ranged(url, 3000).status_code == 206
