@@ -4,6 +4,7 @@ import sqlite3
 import threading
 
 import peewee
+from playhouse import migrate as pw_migrate
 
 from .errors import ConfigError
 
@@ -169,6 +170,33 @@ class ModelUpdate(BaseModel):
 TABLES = [ManifestRecord, Download, ModelUpdate]
 
 
+def migrate_schema(database, tables=None):
+    """Create missing tables and add missing columns, keeping every row (SQLite and PostgreSQL)."""
+    tables = TABLES if tables is None else tables
+    migrator = pw_migrate.SchemaMigrator.from_database(database)
+    existing = set(database.get_tables())
+    operations = []
+    for model in tables:
+        table = model._meta.table_name
+        if table not in existing:
+            continue
+        have = {column.name for column in database.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name in have:
+                continue
+            # Added as nullable: old rows get the default (when there is one), new rows get it from
+            # the model. A NOT NULL constraint would need SQLite to rebuild the table.
+            column = field.clone()
+            column.null = True
+            operations.append(migrator.add_column(table, field.column_name, column))
+            if field.default is not None:
+                operations.append(migrator.apply_default(table, field.column_name, field))
+    with database.atomic():
+        pw_migrate.migrate(*operations)
+        # After the columns: creates the missing tables, and indexes that are missing (IF NOT EXISTS).
+        database.create_tables(tables, safe=True)
+
+
 def open_database(path):
     """Open (or create) the database; a locked or corrupt file is a ConfigError."""
     db.init(str(path), pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1},
@@ -178,7 +206,7 @@ def open_database(path):
         result = db.execute_sql("PRAGMA quick_check").fetchone()
         if not result or result[0] != "ok":
             raise peewee.DatabaseError(result[0] if result else "quick_check failed")
-        db.create_tables(TABLES)
+        migrate_schema(db)
         # WAL lets reads past another writer's lock; only a write probe finds a held database.
         db.execute_sql("BEGIN IMMEDIATE")
         db.execute_sql("ROLLBACK")
