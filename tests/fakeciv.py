@@ -1182,9 +1182,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     break
                 if corrupt and sent + len(buf) >= length:
                     buf = buf[:-1] + bytes([buf[-1] ^ 0xFF])
+                # Counted before the write: a reader that has the bytes always finds them recorded,
+                # and a failed write counts as served (the strict side for "no byte fetched twice").
+                served.end = start + sent + len(buf)
                 out(buf)
                 sent += len(buf)
-                served.end = start + sent
                 if faults.etag_change_after is not None:
                     self._after_served(blob)
                 if rate:
