@@ -78,7 +78,8 @@ def test_root_redirects_to_the_gui(api):
 
 
 def test_static_files_are_served_locally(api):
-    for path, kind in [("/static/client.js", "javascript"), ("/static/app.js", "javascript"),
+    for path, kind in [("/static/client.js", "javascript"), ("/static/main.js", "javascript"),
+                       ("/static/format.js", "javascript"),
                        ("/static/bootstrap/css/bootstrap.min.css", "text/css"),
                        ("/static/bootstrap/js/bootstrap.bundle.min.js", "javascript")]:
         r = requests.get(api.url + path, timeout=5)

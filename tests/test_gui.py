@@ -200,3 +200,19 @@ def test_screenshot_with_downloads_in_flight(make_daemon, fake, gui, tmp_path):
     for download_id in ids:
         daemon.post(f"/api/downloads/{download_id}/cancel")
     view.assert_clean()
+
+
+def test_states_and_tabs_come_from_the_page_modules(make_daemon, gui):
+    """The state filter and count badges list the server's states; one view shows no tab bar."""
+    daemon = make_daemon()
+    status = daemon.get("/api/status").json()
+    states = status.get("states") or list(status["counts"])
+    view = gui(daemon)
+    page = view.open()
+    expect(page.locator("#conn-state")).to_have_text("live")
+    expect(page.locator("#state-filter option")).to_have_count(len(states) + 1)
+    assert page.eval_on_selector_all("#state-filter option", "os => os.map(o => o.value)") == ["", *states]
+    assert page.eval_on_selector_all("#counts [data-state]", "bs => bs.map(b => b.dataset.state)") == states
+    expect(page.locator("#view-tabs")).to_be_hidden()
+    expect(page.locator('[data-view="downloads"]')).to_be_visible()
+    assert not view.console_errors, view.console_errors

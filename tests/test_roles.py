@@ -37,11 +37,11 @@ def concrete(rule, download_id):
     rule = re.sub(r"{(\w+)}|<(\w+)(?::[^>]*)?>", lambda m: f"<{m.group(1) or m.group(2)}>", rule)
     if "<action>" in rule:
         return [p for a in ACTIONS for p in concrete(rule.replace("<action>", a), download_id)]
-    samples = {"<download_id>": str(download_id), "<path>": "app.js"}
+    samples = {"<download_id>": str(download_id), "<path>": "main.js"}
     for name, value in samples.items():
         rule = rule.replace(name, value)
     if "/static/bootstrap/" in rule:
-        rule = rule.replace("app.js", "css/bootstrap.min.css")
+        rule = rule.replace("main.js", "css/bootstrap.min.css")
     assert "<" not in rule, f"test_roles does not know how to fill {rule}: add a sample"
     return [rule]
 
@@ -128,7 +128,7 @@ def test_wrong_or_missing_token_is_401(daemon):
         assert requests.get(daemon.url + path, params={"token": ADMIN}, timeout=10).status_code == 401
     assert requests.post(daemon.url + "/api/updates/check", params={"token": ADMIN}, timeout=10).status_code == 401
     # no token needed for health and the GUI shell
-    for path in ("/healthz", "/gui", "/static/app.js"):
+    for path in ("/healthz", "/gui", "/static/main.js"):
         assert requests.get(daemon.url + path, timeout=10).status_code == 200
     assert ADMIN not in daemon.logs() and VIEWER not in daemon.logs()
 
