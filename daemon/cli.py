@@ -3,8 +3,7 @@ import argparse
 import sys
 
 from . import __version__
-
-COMMANDS = ("run", "status", "list", "add", "cancel", "pause", "resume", "retry", "check-updates")
+from .states import ACTIONS
 
 
 def _download_id(text):
@@ -24,7 +23,7 @@ def build_parser():
     sub.add_parser("run", parents=[common], help="start the daemon in the foreground")
     sub.add_parser("status", parents=[common], help="state counts and active downloads")
     listing = sub.add_parser("list", parents=[common], help="list downloads")
-    listing.add_argument("--state", choices=["queued", "downloading", "paused", "completed", "failed", "cancelled"])
+    listing.add_argument("--state", help="only downloads in this state (the daemon lists the states)")
     listing.add_argument("--limit", type=int, default=50)
     add = sub.add_parser("add", parents=[common], help="enqueue one download")
     add.add_argument("target", help="a URL or a Civitai model version id")
@@ -32,7 +31,7 @@ def build_parser():
     add.add_argument("--filename")
     add.add_argument("--priority", type=int)
     add.add_argument("--subdir")
-    for name in ("cancel", "pause", "resume", "retry"):
+    for name in ACTIONS:
         action = sub.add_parser(name, parents=[common], help=f"{name} a download")
         action.add_argument("id", type=_download_id, help="download id")
     sub.add_parser("check-updates", parents=[common], help="run the model update check now")

@@ -13,10 +13,10 @@ import requests
 
 from .errors import ConfigError
 from .settings import load
+from .states import ACTIONS, Status
 
 TIMEOUT = 10
 CHECK_TIMEOUT = 120
-STATES = ("queued", "downloading", "paused", "completed", "failed", "cancelled")
 
 
 class CliError(Exception):
@@ -144,7 +144,7 @@ def _active_filenames(client, active):
     if all(item.get("filename") for item in active):
         return active
     try:
-        listing = client.call("GET", "/api/downloads", params={"state": "downloading", "limit": 1000})
+        listing = client.call("GET", "/api/downloads", params={"state": Status.DOWNLOADING.value, "limit": 1000})
         names = {d["id"]: d.get("filename") for d in listing.get("items", [])}
     except CliError:
         names = {}
@@ -160,7 +160,8 @@ def cmd_status(client, args, as_json):
     print(f"civitai-daemon {data.get('version', '?')} at {client.base}: up {fmt_duration(data.get('uptime'))}, "
           f"{data.get('workers', '?')} worker(s), throttle {fmt_speed(throttle) if throttle else 'none'}")
     print()
-    names = list(STATES) + [s for s in counts if s not in STATES]
+    states = data.get("states") or []  # the daemon's own list and order
+    names = list(states) + [s for s in counts if s not in states]
     print(table(["STATE", "COUNT"], [[s, counts.get(s, 0)] for s in names], right={1}))
     print()
     active = _active_filenames(client, data.get("active") or [])
@@ -176,7 +177,7 @@ def cmd_status(client, args, as_json):
 
 def _size_cell(d):
     done, total = d.get("bytes") or 0, d.get("total")
-    if d.get("state") == "completed":
+    if d.get("state") == Status.COMPLETED.value:
         return fmt_size(total or done)
     if total:
         return f"{fmt_size(done)} / {fmt_size(total)} ({fmt_percent(done, total)})"
@@ -197,6 +198,9 @@ def _model_cell(d):
 def cmd_list(client, args, as_json):
     params = {"limit": args.limit}
     if args.state:
+        states = client.call("GET", "/api/status").get("states") or []
+        if args.state not in states:
+            raise CliError(2, f"--state must be one of {', '.join(states)}, got {args.state!r}")
         params["state"] = args.state
     data = client.call("GET", "/api/downloads", params=params)
     if as_json:
@@ -269,11 +273,8 @@ COMMANDS = {
     "status": cmd_status,
     "list": cmd_list,
     "add": cmd_add,
-    "cancel": cmd_action,
-    "pause": cmd_action,
-    "resume": cmd_action,
-    "retry": cmd_action,
     "check-updates": cmd_check_updates,
+    **{action: cmd_action for action in ACTIONS},
 }
 
 

@@ -7,6 +7,7 @@ import peewee
 from playhouse import migrate as pw_migrate
 
 from .errors import ConfigError
+from .states import ManifestStatus, Status
 
 class _KeepOpen:
     """A connection context that leaves the thread's connection open.
@@ -101,7 +102,7 @@ class BaseModel(peewee.Model):
 
 class ManifestRecord(BaseModel):
     name = peewee.CharField(index=True)         # file name as it was in inbox/
-    status = peewee.CharField(default="processing", index=True)
+    status = peewee.CharField(default=ManifestStatus.PROCESSING.value, index=True)
     items = peewee.IntegerField(default=0)
     errors = peewee.TextField(default="[]")     # JSON list
     received_at = peewee.DateTimeField(default=utcnow)
@@ -113,7 +114,7 @@ class ManifestRecord(BaseModel):
 
 
 class Download(BaseModel):
-    state = peewee.CharField(default="queued", index=True)
+    state = peewee.CharField(default=Status.QUEUED.value, index=True)
     url = peewee.TextField(null=True)           # secrets removed
     filename = peewee.CharField(null=True)
     subdir = peewee.CharField(null=True)

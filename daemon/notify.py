@@ -14,14 +14,15 @@ import time
 
 import requests
 
-from . import USER_AGENT
+from . import USER_AGENT, events as ev
+from .states import Status
 
 log = logging.getLogger("daemon.notify")
 
 ATTEMPTS = 3
 TIMEOUT = 10
 BACKLOG = 10_000
-SKIPPED = ("download.progress",)
+NOTIFIABLE = frozenset(ev.NOTIFIABLE)  # the live-only events stay on the WebSocket
 
 
 def sign(secret, body):
@@ -51,26 +52,26 @@ def telegram_text(event):
     data = event.data
     name = data.get("model_name")
     title = f"{name} — {data.get('version_name')}" if name and data.get("version_name") else (name or "")
-    if event.name == "download.completed":
+    if event.name == ev.DOWNLOAD_COMPLETED:
         took = data.get("duration")
         lines = ["✅ Download completed", title, f"File: {data.get('filename')}", f"Size: {_size(data.get('bytes'))}"]
         if took is not None:
             lines.append(f"Time: {_took(took)}")
         if not data.get("verified"):
             lines.append("Hash: not verified (no published SHA256)")
-    elif event.name == "download.failed":
+    elif event.name == ev.DOWNLOAD_FAILED:
         lines = ["❌ Download failed", title, f"File: {data.get('filename') or data.get('url')}",
                  f"Why: {data.get('error')}"]
-    elif event.name == "download.cancelled":
+    elif event.name == ev.DOWNLOAD_CANCELLED:
         lines = ["🚫 Download cancelled", title, f"File: {data.get('filename') or data.get('url')}"]
-    elif event.name.startswith("manifest."):
+    elif event.name in (ev.MANIFEST_DONE, ev.MANIFEST_FAILED):
         items = data.get("items") or []
-        failed = [i for i in items if i.get("status") != "completed"]
+        failed = [i for i in items if i.get("status") != Status.COMPLETED.value]
         lines = [f"📄 Manifest {data.get('manifest')}: {data.get('status')}",
                  f"{len(items) - len(failed)} completed, {len(failed)} not"]
         lines += [f"• {e}" for e in (data.get("errors") or [])[:5]]
         lines += [f"• item {i.get('index')}: {i.get('error')}" for i in failed[:5]]
-    elif event.name == "model.update":
+    elif event.name == ev.MODEL_UPDATE:
         lines = ["🆕 Model update", f"{data.get('model_name')} (model {data.get('modelId')})",
                  f"Version {data.get('previous_version_id')} → {data.get('modelVersionId')} "
                  f"{data.get('version_name') or ''}".rstrip()]
@@ -180,7 +181,7 @@ class Notifier:
         self.channels = []
         if settings.webhook_url:
             self.channels.append(_Channel("webhook", self._webhook_request(settings.webhook_url),
-                                          lambda e: e.name not in SKIPPED, backoff))
+                                          lambda e: True, backoff))
         telegram = settings.telegram or {}
         token, chat = telegram.get("bot_token"), telegram.get("chat_id")
         if token and chat is not None:
@@ -210,7 +211,7 @@ class Notifier:
         return build
 
     def _on_event(self, event):
-        if event.name in SKIPPED:
+        if event.name not in NOTIFIABLE:
             return
         for channel in self.channels:
             channel.offer(event)

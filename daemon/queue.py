@@ -1,112 +1,29 @@
 """The database as a queue: enqueue, claim, record, recover, query.
 
 Every state change goes through `_set_state`, which checks the transition
-table, commits, and only then publishes the event.
+table, commits, and only then publishes the event. Two documented exceptions:
+`claim` (choosing the row and moving it must be one statement, or two workers
+take the same download) and `recover` (one bulk statement at start, before any
+subscriber cares). Both check their one move against the table too.
 """
 import json
 import logging
-import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import peewee
 
-from .civitai import preview_image
+from . import events
 from .errors import InvalidTransition, NotFound
 from .models import Download, ManifestRecord, db, iso, utcnow
-from .sidecars import find_preview
-from .states import ENDED, TRANSITIONS, Status, check_action, check_transition
+from .redact import redact_url
+from .states import ENDED, TRANSITIONS, ManifestStatus, Status, check_action, check_transition
 
 log = logging.getLogger("daemon.queue")
 
-_SECRET_PARAMS = re.compile(r"(token|key|secret|signature|auth|password|credential|x-amz-|sig$)", re.I)
-
-
-def redact_url(url):
-    """The URL with token-like query parameters removed (for storage and display)."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _SECRET_PARAMS.search(k)]
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
-
-
-def download_dict(row, progress=None):
-    """The API/event shape of a download (docs/contract.md)."""
-    live = progress.get(row.id) if progress else None
-    data = {
-        "id": row.id, "state": row.state, "filename": row.filename, "path": row.path,
-        "subdir": row.subdir, "url": row.url, "sha256": row.sha256,
-        "expected_sha256": row.expected_sha256, "verified": bool(row.verified),
-        "bytes": live["bytes"] if live else row.bytes, "total": (live or {}).get("total") or row.total,
-        "speed": live["speed"] if live else 0.0, "eta": live["eta"] if live else None,
-        "priority": row.priority, "manifest": None,
-        "modelId": row.model_id, "modelVersionId": row.version_id,
-        "model_name": row.model_name, "version_name": row.version_name,
-        "base_model": row.base_model, "model_type": row.model_type,
-        "error": row.error, "not_before": iso(row.not_before), "attempts": row.attempts,
-        "retries": row.retries, "parent_id": row.parent_id,
-        "created_at": iso(row.created_at), "started_at": iso(row.started_at),
-        "finished_at": iso(row.finished_at),
-    }
-    data["preview"] = (f"api/downloads/{row.id}/preview"
-                       if row.state == Status.COMPLETED and row.path and row.civitai_info
-                       and find_preview(row.path) else None)  # only Civitai downloads get sidecars
-    data["nsfw_level"] = nsfw_level(row.civitai_info)
-    if row.manifest_id is not None:
-        data["manifest"] = _manifest_name(row.manifest_id)
-    if row.state == Status.COMPLETED and row.duration is not None:
-        data["duration"] = round(row.duration, 3)
-        data["average_speed"] = round(row.bytes / row.duration, 1) if row.duration > 0 else None
-    return data
-
-
-def stored_info(text):
-    """The stored Civitai version JSON as a dict, or None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        info = json.loads(text)
-    except ValueError:
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def nsfw_level(civitai_info):
-    """Civitai's nsfwLevel of the version's preview image (1 PG, 2 PG-13, 4 R, 8 X, 16 XXX), or None."""
-    info = stored_info(civitai_info)
-    level = preview_image(info)[1] if info else None
-    return level if isinstance(level, int) and not isinstance(level, bool) else None
-
-
-_names_cache = {}  # manifest id → inbox file name (never changes once recorded)
-
-
-def _manifest_name(manifest_id):
-    if manifest_id not in _names_cache:
-        _load_manifest_names([manifest_id])
-    return _names_cache.get(manifest_id)
-
-
-def _load_manifest_names(ids):
-    """Fill the name cache for `ids` with one query (a page of downloads costs one lookup, not one per row)."""
-    missing = [i for i in set(ids) if i is not None and i not in _names_cache]
-    if not missing:
-        return
-    query = ManifestRecord.select(ManifestRecord.id, ManifestRecord.name).where(ManifestRecord.id.in_(missing))
-    if db.is_closed():
-        with db.connection_context():
-            _names_cache.update(query.tuples())
-    else:  # inside a caller's connection_context: do not close it under them
-        _names_cache.update(query.tuples())
-
-
-def _remember_manifest(record):
-    _names_cache[record.id] = record.name
+ACTIVE = [Status.DOWNLOADING.value, Status.COMPLETED.value, Status.QUEUED.value, Status.PAUSED.value]
 
 
 _CLAIM_SQL = """
-UPDATE "downloads" SET "state" = 'downloading', "started_at" = ?, "error" = NULL, "not_before" = NULL,
+UPDATE "downloads" SET "state" = ?, "started_at" = ?, "error" = NULL, "not_before" = NULL,
        "attempts" = "attempts" + 1
 WHERE "id" = (
     SELECT d."id" FROM "downloads" AS d
@@ -123,34 +40,38 @@ RETURNING *"""
 class Queue:
     """Queue operations over the Download table; publishes events on `bus`."""
 
-    def __init__(self, bus, progress=None):
+    def __init__(self, bus, views):
         self.bus = bus
-        self.progress = progress  # live in-memory progress, id → dict
+        self.views = views  # rows → the dicts events carry (daemon.views.Views)
+        self.progress = views.progress  # live in-memory progress, id → dict
+        # The original URL (which may carry a token the user put there) lives only in memory.
+        self._private_urls = {}
 
     # -- manifests -------------------------------------------------------
-    def create_manifest(self, name, items=0, status="processing", errors=()):
+    def create_manifest(self, name, items=0, status=ManifestStatus.PROCESSING, errors=()):
         with db.connection_context():
-            record = ManifestRecord.create(name=name, items=items, status=status, errors=json.dumps(list(errors)))
-        _remember_manifest(record)
+            record = ManifestRecord.create(name=name, items=items, status=ManifestStatus(status).value,
+                                           errors=json.dumps(list(errors)))
+        self.views.remember_manifest(record)
         return record
 
     def finish_manifest(self, manifest_id, status, final_name, errors=()):
         with db.connection_context():
-            ManifestRecord.update(status=status, finished_at=utcnow(), final_name=final_name,
+            ManifestRecord.update(status=ManifestStatus(status).value, finished_at=utcnow(), final_name=final_name,
                                   errors=json.dumps(list(errors))).where(ManifestRecord.id == manifest_id).execute()
 
     def open_manifests(self):
         with db.connection_context():
-            rows = list(ManifestRecord.select().where(ManifestRecord.status == "processing"))
+            rows = list(ManifestRecord.select().where(ManifestRecord.status == ManifestStatus.PROCESSING.value))
         for row in rows:
-            _remember_manifest(row)
+            self.views.remember_manifest(row)
         return rows
 
     def open_manifest(self, manifest_id):
         """The manifest record if it is still processing, else None."""
         with db.connection_context():
             return ManifestRecord.get_or_none((ManifestRecord.id == manifest_id)
-                                              & (ManifestRecord.status == "processing"))
+                                              & (ManifestRecord.status == ManifestStatus.PROCESSING.value))
 
     def manifest_items(self, manifest_id):
         with db.connection_context():
@@ -181,7 +102,8 @@ class Queue:
                     {urls[i.url] for i in items if i.url})
                 for item in items:
                     url = urls[item.url]
-                    if item.sha256:  # a known hash decides alone (see find_twin)
+                    # A known hash decides alone: the same version re-uploaded is different content.
+                    if item.sha256:
                         parent = by_sha.get(item.sha256)
                     else:
                         found = [by_version.get(item.version_id), by_url.get(url)]
@@ -209,15 +131,14 @@ class Queue:
                 defaults = {f.name: f.default() if callable(f.default) else f.default for f in fields}
                 db.cursor().executemany(sql, [tuple(f.db_value(r.__data__.get(f.name, defaults[f.name]))
                                                     for f in fields) for r, _ in rows])
-        # The original URL (which may carry a token the user put there) lives only in memory.
         for row, url in rows:
             if url and url != row.url:
-                _private_urls[row.id] = url
+                self._private_urls[row.id] = url
         if len(rows) <= 200:
-            for row, _ in rows:
-                self.bus.publish("download.queued", download_dict(row, self.progress))
+            for data in self.views.downloads([row for row, _ in rows]):
+                self.bus.publish(events.DOWNLOAD_QUEUED, data)
         else:  # a huge batch: one summary event instead of thousands
-            self.bus.publish("download.queued", {"id": rows[0][0].id, "count": len(rows),
+            self.bus.publish(events.DOWNLOAD_QUEUED, {"id": rows[0][0].id, "count": len(rows),
                                                  "first_id": rows[0][0].id, "last_id": rows[-1][0].id})
         return [row.id for row, _ in rows]
 
@@ -228,19 +149,20 @@ class Queue:
         `exclude`: ids a worker is still busy with (a download paused and resumed
         quickly is queued again before its old attempt has wound down).
         """
+        check_transition(Status.QUEUED, Status.DOWNLOADING)
         now = utcnow()
         busy = [int(i) for i in exclude]
         ended = tuple(s.value for s in ENDED)
         sql = _CLAIM_SQL.format(busy=", ".join("?" * len(busy)) or "-1")  # never NOT IN (NULL): always unknown
         # One UPDATE … RETURNING statement: atomic on its own. A child waits until its parent ended
         # (a correlated EXISTS: a primary-key lookup per candidate, not a scan of every ended row).
-        claim = Download.raw(sql, now, Status.QUEUED.value, *ended, now, *busy, Status.QUEUED.value)
+        claim = Download.raw(sql, Status.DOWNLOADING.value, now, Status.QUEUED.value, *ended, now, *busy, Status.QUEUED.value)
         with db.connection_context():
             rows = list(claim)
         if not rows:
             return None
         row = rows[0]
-        self.bus.publish("download.started", download_dict(row, self.progress))
+        self.bus.publish(events.DOWNLOAD_STARTED, self.views.download(row))
         return row
 
     def next_wake(self):
@@ -286,13 +208,13 @@ class Queue:
                 check_transition(row.state, state)
                 return None
         row = rows[0]
-        name = event or {Status.QUEUED: "download.queued", Status.DOWNLOADING: "download.started",
-                         Status.PAUSED: "download.paused", Status.COMPLETED: "download.completed",
-                         Status.FAILED: "download.failed", Status.CANCELLED: "download.cancelled"}[state]
+        name = event or events.FOR_STATE[state]
         if self.progress is not None and state != Status.DOWNLOADING:
             self.progress.pop(download_id, None)
+        if state == Status.COMPLETED:  # the one state nothing leaves: its URL is never fetched again
+            self._private_urls.pop(download_id, None)
         try:
-            data = download_dict(row, self.progress)
+            data = self.views.download(row)
         except Exception:  # committed already: a broken view must not stop the caller's next steps
             log.exception("download %s: cannot describe it for the %s event", download_id, name)
             data = {"id": row.id, "state": row.state}
@@ -314,42 +236,19 @@ class Queue:
         result = self._set_state(download_id, target, expect={Status(row.state)}, **fields)
         if result is None:  # the state moved under us; report the conflict
             raise InvalidTransition(f"download {download_id} changed state; try again")
-        return download_dict(result, self.progress)
+        return self.views.download(result)
 
     def recover(self):
-        """At start: downloads left `downloading` by a stop or crash go back to queued."""
+        """At start: downloads left `downloading` by a stop or crash go back to queued (no events)."""
+        check_transition(Status.DOWNLOADING, Status.QUEUED)
         with db.connection_context():
             return (Download.update(state=Status.QUEUED.value)
                     .where(Download.state == Status.DOWNLOADING.value).execute())
 
     # -- dedupe ----------------------------------------------------------
-    def find_twin(self, row):
-        """An earlier download of the same content (SHA256, URL or version), or None."""
-        clauses = []
-        if row.expected_sha256:
-            # A known hash decides alone: the same version re-uploaded is different content.
-            clauses.append((Download.expected_sha256 == row.expected_sha256) | (Download.sha256 == row.expected_sha256))
-        else:
-            if row.version_id:
-                clauses.append(Download.version_id == row.version_id)
-            if row.url:
-                clauses.append(Download.url == row.url)
-        if not clauses:
-            return None
-        match = clauses[0]
-        for clause in clauses[1:]:
-            match = match | clause
-        with db.connection_context():
-            return (Download.select()
-                    .where(match & (Download.id < row.id) & Download.parent.is_null()
-                           & Download.state.in_([Status.DOWNLOADING.value, Status.COMPLETED.value,
-                                                 Status.QUEUED.value, Status.PAUSED.value]))
-                    .order_by(Download.id).first())
-
     def _twin_index(self, shas, versions, urls):
-        """Earliest active, parentless download per SHA256, version id and URL (bulk find_twin)."""
-        active = Download.parent.is_null() & Download.state.in_(
-            [Status.DOWNLOADING.value, Status.COMPLETED.value, Status.QUEUED.value, Status.PAUSED.value])
+        """Earliest active, parentless download per SHA256, version id and URL (for enqueue's dedupe)."""
+        active = Download.parent.is_null() & Download.state.in_(ACTIVE)
         by_sha, by_version, by_url = {}, {}, {}
 
         def lookup(values, clause, keys):
@@ -369,10 +268,9 @@ class Queue:
         lookup(urls, lambda c: Download.url.in_(c), lambda r: [(by_url, r.url)])
         return by_sha, by_version, by_url
 
-    def children(self, parent_id):
-        with db.connection_context():
-            return list(Download.select().where((Download.parent == parent_id)
-                                                & (Download.state == Status.QUEUED.value)))
+    def private_url(self, row):
+        """The URL to fetch for a download: the original (with its query) when still in memory."""
+        return self._private_urls.get(row.id, row.url)
 
     # -- queries ---------------------------------------------------------
     def get(self, download_id):
@@ -393,8 +291,7 @@ class Queue:
                 query = query.where(Download.state == state)
             total = query.count()
             rows = list(query.order_by(Download.id.desc()).limit(limit).offset(offset))
-        _load_manifest_names([r.manifest_id for r in rows])
-        return [download_dict(r, self.progress) for r in rows], total
+        return self.views.downloads(rows), total
 
     def counts(self):
         counts = {s.value: 0 for s in Status}
@@ -408,12 +305,12 @@ class Queue:
         with db.connection_context():
             row = Download.select(
                 peewee.fn.COUNT(Download.id),
-                peewee.fn.SUM(peewee.Case(None, [(Download.state == "completed", 1)], 0)),
-                peewee.fn.SUM(peewee.Case(None, [(Download.state == "failed", 1)], 0)),
-                peewee.fn.SUM(peewee.Case(None, [(Download.state == "completed", Download.bytes)], 0)),
-                peewee.fn.SUM(peewee.Case(None, [((Download.state == "completed") & Download.parent.is_null(),
+                peewee.fn.SUM(peewee.Case(None, [(Download.state == Status.COMPLETED.value, 1)], 0)),
+                peewee.fn.SUM(peewee.Case(None, [(Download.state == Status.FAILED.value, 1)], 0)),
+                peewee.fn.SUM(peewee.Case(None, [(Download.state == Status.COMPLETED.value, Download.bytes)], 0)),
+                peewee.fn.SUM(peewee.Case(None, [((Download.state == Status.COMPLETED.value) & Download.parent.is_null(),
                                                   Download.duration)], 0)),
-                peewee.fn.SUM(peewee.Case(None, [((Download.state == "completed") & Download.parent.is_null(),
+                peewee.fn.SUM(peewee.Case(None, [((Download.state == Status.COMPLETED.value) & Download.parent.is_null(),
                                                   Download.bytes)], 0)),
                 peewee.fn.SUM(Download.retries), peewee.fn.SUM(Download.hash_mismatches),
             ).tuples().first()
@@ -435,10 +332,3 @@ class Queue:
                  "errors": json.loads(r.errors or "[]"), "received_at": iso(r.received_at),
                  "finished_at": iso(r.finished_at), "final_name": r.final_name} for r in rows], total
 
-
-_private_urls = {}
-
-
-def private_url(row):
-    """The URL to fetch for a download: the original (with its query) when still in memory."""
-    return _private_urls.get(row.id, row.url)

@@ -31,7 +31,9 @@ from .notify import Notifier
 from .progress import Progress
 from .queue import Queue
 from .spool import Spool
+from .states import ACTION_SOURCES, ACTIONS, Status
 from .updates import UpdateChecker
+from .views import Views
 from .watcher import Watcher
 from .web.app import WebApp
 from .web.feed import Feed
@@ -101,7 +103,7 @@ class Daemon:
             folder.mkdir(parents=True, exist_ok=True)
         self.bus = Bus()
         self.progress = Progress()
-        self.queue = Queue(self.bus, self.progress)
+        self.queue = Queue(self.bus, Views(self.progress))
         self.spool = Spool(s, self.queue, self.bus)
         self.throttle = Throttle(s.throttle)
         self.fetcher = Fetcher(s, self.throttle, civitai_hosts(s.civitai_base_url))
@@ -121,7 +123,10 @@ class Daemon:
     def status(self):
         return {"version": __version__, "uptime": round(time.time() - self.started, 1),
                 "workers": self.settings.workers, "throttle": self.settings.throttle,
-                "counts": self.queue.counts(), "active": self.progress.snapshot()}
+                "counts": self.queue.counts(), "active": self.progress.snapshot(),
+                # The GUI and the CLI take these lists from here instead of keeping copies.
+                "states": [s.value for s in Status], "actions": {a: sorted(s.value for s in ACTION_SOURCES[a])
+                                                                  for a in ACTIONS}}
 
     def health(self):
         problems = []

@@ -12,6 +12,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from . import events
 from .errors import ConfigError
 
 DEFAULT_TYPE_DIRS = {
@@ -28,11 +29,9 @@ DEFAULT_TYPE_DIRS = {
     "Other": "Other",
 }
 
-DEFAULT_TELEGRAM_EVENTS = ["download.completed", "download.failed", "manifest.failed", "model.update"]
-EVENT_NAMES = [
-    "download.queued", "download.started", "download.completed", "download.failed",
-    "download.cancelled", "download.paused", "manifest.done", "manifest.failed", "model.update",
-]
+DEFAULT_TELEGRAM_EVENTS = [events.DOWNLOAD_COMPLETED, events.DOWNLOAD_FAILED, events.MANIFEST_FAILED,
+                           events.MODEL_UPDATE]
+EVENT_NAMES = events.NOTIFIABLE
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?(?:/s)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}

@@ -9,12 +9,11 @@ import os
 import threading
 from pathlib import Path
 
+from . import events
 from .errors import ManifestError
 from .manifest import parse_manifest
 from .models import iso, utcnow
-from .states import ENDED, Status
-
-ENDED_STATES = {s.value for s in ENDED}
+from .states import ManifestStatus, Status
 
 log = logging.getLogger("daemon.spool")
 
@@ -91,14 +90,15 @@ class Spool:
     def _reject(self, path, errors):
         with self._place_lock:
             target = free_name(self.failed, path.name)
-            result = {"manifest": target, "status": "failed", "finished_at": iso(utcnow()),
+            result = {"manifest": target, "status": ManifestStatus.FAILED.value, "finished_at": iso(utcnow()),
                       "errors": errors, "items": []}
             write_json_atomic(self.failed / f"{target[:-5]}.result.json", result)
             os.replace(path, self.failed / target)
-        record = self.queue.create_manifest(target, status="failed", errors=errors)
-        self.queue.finish_manifest(record.id, "failed", target, errors)
+        record = self.queue.create_manifest(target, status=ManifestStatus.FAILED, errors=errors)
+        self.queue.finish_manifest(record.id, ManifestStatus.FAILED, target, errors)
         log.error("manifest %s rejected: %s", target, "; ".join(errors))
-        self.bus.publish("manifest.failed", {"manifest": target, "status": "failed", "errors": errors, "items": []})
+        self.bus.publish(events.MANIFEST_FAILED, {"manifest": target, "status": ManifestStatus.FAILED.value,
+                                                  "errors": errors, "items": []})
         return record
 
     def resume(self):
@@ -133,15 +133,16 @@ class Spool:
         if manifest_id is None:
             return
         with self._finish_lock:
-            rows = self.queue.manifest_items(manifest_id)  # one query answers "all ended?" too
-            if any(r.state not in ENDED_STATES for r in rows) or manifest_id in self._finished:
+            # A count first: every item's end calls this, and loading all rows each time is quadratic.
+            if manifest_id in self._finished or self.queue.manifest_pending(manifest_id):
                 return
             record = self.queue.open_manifest(manifest_id)
             if record is None:
                 return  # already finished by another worker
             self._finished.add(manifest_id)
+            rows = self.queue.manifest_items(manifest_id)
             ok = bool(rows) and all(r.state == Status.COMPLETED.value for r in rows)
-            status = "done" if ok else "failed"
+            status = ManifestStatus.DONE if ok else ManifestStatus.FAILED
             folder = self.done if ok else self.failed
             source = self.processing / record.name
             items = [{"index": r.manifest_index, "id": r.id, "status": r.state, "path": r.path,
@@ -149,7 +150,7 @@ class Spool:
                       "error": r.error} for r in rows]
             with self._place_lock:
                 target = free_name(folder, record.name)
-                result = {"manifest": target, "status": status, "finished_at": iso(utcnow()), "errors": [],
+                result = {"manifest": target, "status": status.value, "finished_at": iso(utcnow()), "errors": [],
                           "items": items}
                 # Result first, then the manifest: a host app waiting for the manifest finds its result too.
                 write_json_atomic(folder / f"{target[:-5]}.result.json", result)
@@ -157,7 +158,8 @@ class Spool:
                     os.replace(source, folder / target)
             self.queue.finish_manifest(manifest_id, status, target)
         log.info("manifest %s: %s (%d item(s))", target, status, len(items))
-        self.bus.publish(f"manifest.{status}", {"manifest": target, "status": status, "items": items,
+        name = events.MANIFEST_DONE if ok else events.MANIFEST_FAILED
+        self.bus.publish(name, {"manifest": target, "status": status.value, "items": items,
                                                  "errors": []})
 
 

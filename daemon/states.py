@@ -1,16 +1,27 @@
-"""Download states and the one table of allowed transitions (SPEC §6)."""
+"""Download and manifest states, the one table of allowed transitions, and the user actions (SPEC §6)."""
 import enum
 
 from .errors import InvalidTransition
 
 
 class Status(str, enum.Enum):
+    """The state of one download (SPEC §6)."""
     QUEUED = "queued"
     DOWNLOADING = "downloading"
     PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    def __str__(self):
+        return self.value
+
+
+class ManifestStatus(str, enum.Enum):
+    """The state of one manifest; the folder it sits in has the same name (SPEC §5)."""
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
 
     def __str__(self):
         return self.value

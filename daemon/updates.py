@@ -7,7 +7,7 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from . import sidecars
+from . import events, sidecars
 from .civitai import NotOnCivitai, file_sha256, newest_version, primary_file
 from .errors import DaemonError
 from .manifest import Item
@@ -192,7 +192,7 @@ class UpdateChecker:
             with db.connection_context():
                 ModelUpdate.update(state="queued", download=ids[0]).where(ModelUpdate.id == record.id).execute()
             data["download_id"] = ids[0]
-        self.bus.publish("model.update", data)
+        self.bus.publish(events.MODEL_UPDATE, data)
         return data
 
     def _refresh_metadata(self, row, version):

@@ -34,11 +34,9 @@ class _Hints(FileSystemEventHandler):
 
     def on_any_event(self, event):
         if isinstance(event, FileMovedEvent):
-            self.hints.put((event.dest_path, False))
-        elif isinstance(event, FileClosedEvent):
-            self.hints.put((event.src_path, True))
-        elif isinstance(event, FileCreatedEvent):
-            self.hints.put((event.src_path, False))
+            self.hints.put(event.dest_path)
+        elif isinstance(event, (FileClosedEvent, FileCreatedEvent)):
+            self.hints.put(event.src_path)
 
 
 class Watcher:
@@ -52,7 +50,6 @@ class Watcher:
         self.observer = None
         self.thread = None
         self._pending = {}  # path → [size, mtime, stable_since]
-        self.alive = False
 
     def start(self):
         self.observer = Observer()
@@ -87,13 +84,12 @@ class Watcher:
                 break
             try:
                 if hint:
-                    path, closed = hint
-                    self._consider(Path(path), closed)
+                    self._consider(Path(hint))
                     while True:  # drain a burst of hints before the slower checks
                         more = self.hints.get_nowait()
                         if more is None:
                             return
-                        self._consider(Path(more[0]), more[1])
+                        self._consider(Path(more))
             except queue.Empty:
                 pass
             except Exception:
@@ -110,9 +106,9 @@ class Watcher:
         with os.scandir(self.inbox) as entries:
             for entry in entries:
                 if is_manifest_name(entry.name) and str(self.inbox / entry.name) not in self._pending:
-                    self._consider(self.inbox / entry.name, False)
+                    self._consider(self.inbox / entry.name)
 
-    def _consider(self, path, closed):
+    def _consider(self, path):
         if path.parent != self.inbox or not is_manifest_name(path.name):
             return
         if path.is_symlink():

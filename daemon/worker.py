@@ -12,12 +12,11 @@ import threading
 import time
 from pathlib import Path
 
-from . import sidecars
+from . import events, sidecars
 from .civitai import parse_time
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PermanentError, TransientError
 from .fetch import Job, part_path
 from .models import utcnow
-from .queue import private_url
 from .states import Status
 
 log = logging.getLogger("daemon.worker")
@@ -69,7 +68,7 @@ class WorkerPool:
         for download_id in stuck:
             # A read blocked on a silent server outlives the wait: record the state anyway (the part
             # on disk holds every byte received, so the next start resumes from it).
-            if self.queue.finish(download_id, Status.QUEUED, event="download.queued") is not None:
+            if self.queue.finish(download_id, Status.QUEUED, event=events.DOWNLOAD_QUEUED) is not None:
                 log.warning("download %s still blocked in a read at shutdown; recorded as queued", download_id)
 
     def healthy(self):
@@ -81,17 +80,17 @@ class WorkerPool:
             self._wake.notify_all()
 
     def _on_event(self, event):
-        if event.name in ("download.paused", "download.cancelled"):
+        if event.name in (events.DOWNLOAD_PAUSED, events.DOWNLOAD_CANCELLED):
             with self._lock:
                 job = self._active.get(event.data.get("id"))
-                if job is None and event.name == "download.cancelled":
+                if job is None and event.name == events.DOWNLOAD_CANCELLED:
                     # Queued or paused: no worker will see it stop, so one settles it (part, manifest).
                     self._cancelled.append(event.data.get("id"))
             if job:
                 job.interrupt()
-            elif event.name == "download.cancelled":
+            elif event.name == events.DOWNLOAD_CANCELLED:
                 self.wake()
-        elif event.name == "download.queued":
+        elif event.name == events.DOWNLOAD_QUEUED:
             self.wake()
 
     def _run(self):
@@ -195,7 +194,7 @@ class WorkerPool:
         if stored:
             self.queue.update(row.id, **stored)
             row = self.queue.get(row.id)
-        url = fields.get("url") if _is_civitai_page(row.url or "") else (private_url(row) or fields.get("url"))
+        url = fields.get("url") if _is_civitai_page(row.url or "") else (self.queue.private_url(row) or fields.get("url"))
         if not url:
             return self._fail(row, "nothing to download: no URL and the version could not be resolved")
         try:
@@ -338,7 +337,7 @@ class WorkerPool:
         elif current.state == Status.PAUSED.value:
             log.info("download %s paused; part kept for resume", row.id)
         elif self.stopping.is_set():  # back to the queue, part kept
-            self.queue.finish(row.id, Status.QUEUED, event="download.queued")
+            self.queue.finish(row.id, Status.QUEUED, event=events.DOWNLOAD_QUEUED)
             log.info("download %s interrupted by shutdown; will resume", row.id)
         else:  # paused and resumed (or cancelled and retried) before this attempt wound down
             log.info("download %s was %s meanwhile; a worker takes it up again", row.id, current.state)

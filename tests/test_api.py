@@ -111,6 +111,10 @@ def test_status_shape(api):
     assert set(status["counts"]) == set(STATES)
     assert all(isinstance(n, int) for n in status["counts"].values())
     assert isinstance(status["active"], list)
+    # The GUI and the CLI take the states and actions from here, not from copies of their own.
+    assert status["states"] == STATES
+    assert status["actions"] == {"pause": ["downloading", "queued"], "resume": ["paused"],
+                                 "cancel": ["downloading", "paused", "queued"], "retry": ["cancelled", "failed"]}
 
 
 def test_openapi_route(api):

@@ -109,6 +109,9 @@ def test_commands_end_to_end(make_daemon, fake, tmp_path):
     assert len(completed["items"]) == 1 and completed["total"] == 2 and completed["items"][0]["id"] == version_id
     assert "1 of 2 shown" in ok("list", "--state", "completed", "--limit", 1, "--config", config).stdout
     assert js("list", "--state", "failed", "--config", config)["items"] == []
+    # an unknown state: the daemon's own list in the message, exit 2
+    wrong = fails(2, "list", "--state", "finished", "--config", config)
+    assert "queued, downloading, paused, completed, failed, cancelled" in wrong.stderr
 
     # check-updates: a newer version of the downloaded model is reported
     fake.add_version(4201, 130073, "v2.0", size=100_000)

@@ -3,8 +3,10 @@ import json
 import re
 from pathlib import Path
 
+from daemon.events import CATALOGUE
 from daemon.manifest import ITEM_FIELDS, parse_manifest
 from daemon.settings import NESTED, SETTINGS, default_config_text, load
+from daemon.states import ManifestStatus, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -61,3 +63,11 @@ def test_default_config_loads_and_is_commented(tmp_path):
     assert settings.active_port is None
     assert settings.download_dir == tmp_path / "downloads"
     assert default_config_text().count("\n# ") >= len(SETTINGS)
+
+
+def test_docs_list_every_event_and_state():
+    names = list(CATALOGUE) + [s.value for s in Status] + [s.value for s in ManifestStatus]
+    for doc in (ROOT / "README.md", ROOT / "docs" / "contract.md"):
+        text = doc.read_text()
+        missing = [n for n in names if f"`{n}`" not in text]
+        assert not missing, f"{doc.name} does not list {missing}"

@@ -19,9 +19,9 @@ from xstatic.pkg import bootstrap as xstatic_bootstrap
 from .. import __version__
 from ..errors import InvalidTransition, ManifestError, NotFound
 from ..manifest import parse_items
-from ..queue import download_dict, redact_url, stored_info
 from ..sidecars import find_preview
 from ..states import ACTIONS, Status
+from ..views import scrub, stored_info
 from . import openapi
 
 log = logging.getLogger("daemon.web")
@@ -354,7 +354,7 @@ class WebApp:
 
     def api_download_one(self, download_id):
         row = _db(self.queue.get, _id(download_id))
-        return self._json(_db(download_dict, row, self.queue.progress))
+        return self._json(_db(self.queue.views.download, row))
 
     def api_download_info(self, download_id):
         info = _db(self._stored_info, _id(download_id))
@@ -364,7 +364,7 @@ class WebApp:
         return self._json(info)
 
     def _stored_info(self, download_id):
-        return _scrub(stored_info(self.queue.get(download_id).civitai_info))
+        return scrub(stored_info(self.queue.get(download_id).civitai_info))
 
     def api_preview(self, download_id):
         preview = _db(self._preview_path, _id(download_id))
@@ -425,17 +425,6 @@ class WebApp:
         role = bottle.request.environ.get("civitai.role", "admin")
         self.feed.serve(ws, lambda: dict(_db(self.status), role=role))
         return ""
-
-
-def _scrub(node):
-    """A copy of stored Civitai JSON with token-like query parameters and user:pass@ removed from URLs."""
-    if isinstance(node, dict):
-        return {key: _scrub(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_scrub(value) for value in node]
-    if isinstance(node, str) and node[:8].lower().startswith(("http://", "https://")):
-        return redact_url(node)
-    return node
 
 
 def _redirect(location):

@@ -20,7 +20,7 @@ import gevent
 import gevent.queue
 from geventwebsocket.exceptions import WebSocketError
 
-from ..events import PROGRESS, Event
+from ..events import PROGRESS, SNAPSHOT, Event
 
 log = logging.getLogger("daemon.web.feed")
 
@@ -146,7 +146,7 @@ class Feed:
         self.clients.add(client)
         reader = None
         try:
-            text = _text("snapshot", snapshot())
+            text = _text(SNAPSHOT, snapshot())
             reader = gevent.spawn(self._read_until_closed, client)
             while not client.dead:
                 sent = False

@@ -4,7 +4,8 @@ Response schemas allow extra properties (the API may add fields); request
 schemas mirror the manifest validation of SPEC §5, which rejects unknown fields.
 """
 from ..manifest import ITEM_FIELDS, MAX_ITEMS, MAX_NAME_BYTES, MAX_PRIORITY
-from ..states import ACTIONS, Status
+from ..events import CATALOGUE
+from ..states import ACTIONS, ManifestStatus, Status
 
 STATES = [s.value for s in Status]
 MAX_ID = 2**31 - 1
@@ -103,7 +104,10 @@ STATUS = _obj({
     "counts": _obj({s: {"type": "integer", "minimum": 0} for s in STATES}, required=STATES),
     "active": {"type": "array", "items": ACTIVE},
     "role": {"type": "string", "enum": ["admin", "viewer"]},
-}, required=["version", "uptime", "workers", "throttle", "counts", "active"])
+    "states": {"type": "array", "items": {"type": "string", "enum": STATES}, "description": "every download state"},
+    "actions": _obj({a: {"type": "array", "items": {"type": "string", "enum": STATES}} for a in ACTIONS},
+                    description="each user action and the states it may start from"),
+}, required=["version", "uptime", "workers", "throttle", "counts", "active", "states", "actions"])
 
 METRICS = _obj({
     "downloads": INT, "completed": INT, "failed": INT, "bytes": INT, "average_speed": NUM,
@@ -112,7 +116,7 @@ METRICS = _obj({
              "success_rate"])
 
 MANIFEST = _obj({
-    "id": INT, "manifest": STR, "status": {"type": "string", "enum": ["processing", "done", "failed"]},
+    "id": INT, "manifest": STR, "status": {"type": "string", "enum": [s.value for s in ManifestStatus]},
     "items": {"type": "integer", "minimum": 0, "description": "number of items"},
     "errors": {"type": "array", "items": STR}, "received_at": _nullable(TIME), "finished_at": _nullable(TIME),
     "final_name": _nullable(STR),
@@ -135,10 +139,8 @@ def _page(item):
                 required=["items", "total", "limit", "offset"])
 
 
-EVENT = _obj({"event": {"type": "string", "enum": [
-    "snapshot", "download.queued", "download.started", "download.progress", "download.paused",
-    "download.completed", "download.failed", "download.cancelled", "manifest.done", "manifest.failed",
-    "model.update"]}, "time": TIME, "data": {"type": "object"}}, required=["event", "time", "data"])
+EVENT = _obj({"event": {"type": "string", "enum": list(CATALOGUE)}, "time": TIME, "data": {"type": "object"}},
+             required=["event", "time", "data"])
 
 SCHEMAS = {
     "Error": _obj({"error": {"type": "string", "minLength": 1}}, required=["error"]),
@@ -177,7 +179,6 @@ ERR_400 = _error("malformed body or parameter; the message names the field and t
 ERR_401 = _error("api_token is set and the request carries no valid Authorization: Bearer token")
 ERR_403 = _error("a read-only viewer_token tried to change state")
 ERR_404 = _error("no download with this id")
-ERR_405 = _error("method not allowed")
 ERR_409 = _error("the download's current state does not allow this action")
 ERR_413 = _error("body larger than 32 MiB")
 

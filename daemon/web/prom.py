@@ -2,6 +2,8 @@
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..states import Status
+
 
 class _Collector:
     def __init__(self, queue, progress):
@@ -21,7 +23,8 @@ class _Collector:
                                   value=metrics["hash_mismatches"])
         yield GaugeMetricFamily("civitai_daemon_active_downloads", "Downloads in flight",
                                 value=len(self.progress.snapshot()))
-        yield GaugeMetricFamily("civitai_daemon_queue_length", "Downloads waiting", value=counts.get("queued", 0))
+        yield GaugeMetricFamily("civitai_daemon_queue_length", "Downloads waiting",
+                                value=counts.get(Status.QUEUED.value, 0))
 
 
 def render(queue, progress):
