@@ -168,7 +168,18 @@ class ModelUpdate(BaseModel):
         indexes = ((("model_id", "version_id", "sha256"), True),)
 
 
-TABLES = [ManifestRecord, Download, ModelUpdate]
+class RpcTask(BaseModel):
+    """What an aria2 client sent for a download (SPEC §13), so it finds its task again by dir + out."""
+    download = peewee.ForeignKeyField(Download, primary_key=True, on_delete="CASCADE")
+    dir = peewee.TextField(null=True)           # as the client sent it
+    out = peewee.TextField(null=True)
+    hidden = peewee.BooleanField(default=False)  # aria2.removeDownloadResult: off the RPC's stopped list
+
+    class Meta:
+        table_name = "rpc_tasks"
+
+
+TABLES = [ManifestRecord, Download, ModelUpdate, RpcTask]
 
 
 def migrate_schema(database, tables=None):

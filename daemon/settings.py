@@ -129,6 +129,17 @@ def _type_dirs(value):
     return result
 
 
+def _rpc_dir_map(value):
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected a mapping of client folder (e.g. \"/models\") to a folder inside download_dir")
+    for prefix, folder in value.items():
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ValueError(f"key {prefix!r} must be an absolute client folder such as \"/models\"")
+        if not isinstance(folder, str) or not folder or ".." in re.split(r"[\\/]", folder):
+            raise ValueError(f"folder for {prefix!r} must be a path without '..' (relative = under download_dir)")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _events(value):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of event names")
@@ -181,6 +192,8 @@ SETTINGS = [
     Setting("telegram_api_base", "https://api.telegram.org", _url, "Telegram Bot API host"),
     Setting("type_dirs", DEFAULT_TYPE_DIRS, _type_dirs, "model type → sub-folder of download_dir"),
     Setting("sidecars", True, _bool, "write <stem>.civitai.info and <stem>.preview.<ext> beside Civitai files"),
+    Setting("rpc_dir_map", {"/models": "."}, _rpc_dir_map,
+            "aria2 JSON-RPC: the dir a client sends → a folder inside download_dir (relative to it; . = itself)"),
     Setting("update_check", {"enabled": True, "time": "04:00", "auto_download": True}, None,
             "daily check for new model versions: enabled, time (\"HH:MM\", local), auto_download"),
 ]

@@ -73,7 +73,13 @@ def test_viewer_reads_everything_and_changes_nothing(daemon, fake):
             ("POST", f"/api/downloads/{download_id}/retry")} <= writes
     assert len(reads) >= 15
 
+    # aria2's JSON-RPC carries its secret in-band (token:<secret>), checked per method below; its OPTIONS is
+    # the CORS preflight, which changes nothing.
+    writes = {(m, p) for m, p in writes if p != "/jsonrpc"}
     before = daemon.get("/api/downloads").json()
+    rpc_writes = rpc_role_check(daemon, fake)
+    assert {"aria2.addUri", "aria2.remove", "aria2.pause", "aria2.unpause", "aria2.changeOption",
+            "aria2.removeDownloadResult"} <= rpc_writes
     for method, path in sorted(writes):
         body = {"url": fake.add_blob(f"viewer{len(path)}.bin", size=100)["url"]} if path == "/api/download" else {}
         r = call(daemon, method, path, VIEWER, json=body)
@@ -84,6 +90,14 @@ def test_viewer_reads_everything_and_changes_nothing(daemon, fake):
     assert daemon.get("/api/updates").json()["total"] == 0
 
     for path in sorted(reads):
+        if path == "/jsonrpc":
+            ws = websocket.create_connection(daemon.url.replace("http", "ws") + path, timeout=10)
+            ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "aria2.tellStopped",
+                                "params": [f"token:{VIEWER}", 0, 10, ["gid"]]}))
+            answer = json.loads(ws.recv())
+            ws.close()
+            assert answer["result"] == [{"gid": f"{download_id:016x}"}], answer
+            continue
         if path == "/ws/downloads":
             feed = websocket.create_connection(daemon.url.replace("http", "ws") + path + f"?token={VIEWER}",
                                                timeout=10)
@@ -106,6 +120,32 @@ def test_viewer_reads_everything_and_changes_nothing(daemon, fake):
     assert call(daemon, "POST", "/api/updates/check", ADMIN).status_code == 200
     # passes the role check; refused only because a completed download cannot be retried
     assert call(daemon, "POST", f"/api/downloads/{download_id}/retry", ADMIN).status_code == 409
+
+
+def rpc_role_check(daemon, fake):
+    """Every aria2 method over POST /jsonrpc with the viewer token: reads answer, the rest are refused."""
+    listed = requests.post(daemon.url + "/jsonrpc", timeout=10,
+                           json={"jsonrpc": "2.0", "id": 0, "method": "system.listMethods"}).json()["result"]
+    gid = f"{daemon.completed['id']:016x}"
+    refused = set()
+    for method in listed:
+        if not method.startswith("aria2."):
+            continue
+        params = {"aria2.addUri": [[fake.add_blob("rpc-viewer.bin", size=10)["url"]]],
+                  "aria2.changeOption": [gid, {}], "aria2.changeGlobalOption": [{}],
+                  "aria2.tellWaiting": [0, 10], "aria2.tellStopped": [0, 10]}.get(method, [gid])
+        if method in ("aria2.tellActive", "aria2.getGlobalStat", "aria2.getVersion", "aria2.getGlobalOption",
+                      "aria2.getSessionInfo", "aria2.pauseAll", "aria2.forcePauseAll", "aria2.unpauseAll",
+                      "aria2.purgeDownloadResult"):
+            params = []
+        answer = requests.post(daemon.url + "/jsonrpc", timeout=10, json={
+            "jsonrpc": "2.0", "id": 1, "method": method, "params": [f"token:{VIEWER}", *params]}).json()
+        if method.startswith(("aria2.tell", "aria2.get")):
+            assert "result" in answer, (method, answer)
+        else:
+            assert "read-only" in answer["error"]["message"], (method, answer)
+            refused.add(method)
+    return refused
 
 
 def test_wrong_or_missing_token_is_401(daemon):

@@ -23,6 +23,7 @@ from ..sidecars import find_preview
 from ..states import ACTIONS, Status
 from ..views import scrub, stored_info
 from . import openapi
+from .jsonrpc import JsonRpcEndpoint
 
 log = logging.getLogger("daemon.web")
 
@@ -145,6 +146,20 @@ def _matches(given, expected):
                                hashlib.sha256(expected.encode("utf-8", "surrogateescape")).digest())
 
 
+def token_role(settings, given):
+    """'admin', 'viewer', or None (refused) for a token a client sent ('' or None: none)."""
+    admin, viewer = settings.api_token, settings.viewer_token
+    if not admin and not viewer:
+        return "admin"
+    if given and admin and _matches(given, admin):
+        return "admin"
+    if given and viewer and _matches(given, viewer):
+        return "viewer"
+    if not admin:  # only a viewer token configured: the admin side stays open
+        return "admin" if not given else None
+    return None
+
+
 class WebApp:
     """Builds the bottle application around the daemon's parts."""
 
@@ -158,6 +173,7 @@ class WebApp:
         self.metrics_text = metrics_text  # callable → (bytes, content_type)
         self.app = bottle.Bottle()
         self._routes()
+        self.jsonrpc = JsonRpcEndpoint(self, _db, _read_body, token_role)  # aria2's protocol (SPEC §13)
 
     # -- auth ---------------------------------------------------------------
     def _browser_problem(self, request, write):
@@ -185,17 +201,7 @@ class WebApp:
 
     def _role(self, request, websocket=False):
         """'admin', 'viewer', or None (refused) for the request's token."""
-        admin, viewer = self.settings.api_token, self.settings.viewer_token
-        if not admin and not viewer:
-            return "admin"
-        given = _bearer(request) or (request.query.get("token", "") if websocket else "")
-        if given and admin and _matches(given, admin):
-            return "admin"
-        if given and viewer and _matches(given, viewer):
-            return "viewer"
-        if not admin:  # only a viewer token configured: the admin side stays open
-            return "admin" if not given else None
-        return None
+        return token_role(self.settings, _bearer(request) or (request.query.get("token", "") if websocket else ""))
 
     def _guard(self, handler, write=False, websocket=False, query_token=False):
         def wrapped(*args, **kwargs):
@@ -291,6 +297,8 @@ class WebApp:
         client gets a real 401 answer to its handshake instead of 101 + close.
         """
         environ = handler.environ
+        if environ.get("PATH_INFO", "") == "/jsonrpc":
+            return self.jsonrpc.upgrade_refused(bottle.BaseRequest(environ))
         if not environ.get("PATH_INFO", "").startswith("/ws/"):
             return True
         request = bottle.BaseRequest(environ)

@@ -219,6 +219,38 @@ def _post(summary, ok_status, ok, op_id, body=None, params=(), extra=None):
     return op
 
 
+def _jsonrpc():
+    """aria2's JSON-RPC (SPEC §13): the secret is in-band (`token:<secret>` first param), not a header."""
+    rpc_error = _obj({"jsonrpc": STR, "id": {}, "error": _obj({"code": INT, "message": STR}, required=["code", "message"])},
+                     required=["error"])
+    answer = {"oneOf": [_obj({"jsonrpc": STR, "id": {}, "result": {}}, required=["result"]), rpc_error,
+                        {"type": "array", "items": {"type": "object"}}]}
+    request = {"oneOf": [_obj({"jsonrpc": STR, "id": {}, "method": STR, "params": {"type": "array"}},
+                              required=["method"]), {"type": "array", "items": {"type": "object"}}]}
+    aria2_error = _json_body(rpc_error, "an aria2 error ({code, message}): unknown method, wrong parameters, "
+                                        "Unauthorized (wrong token: the token is in-band, so never a 401), a dir "
+                                        "or out outside the mapped folders")
+    return {
+        "post": {"summary": "aria2 JSON-RPC call, batch or system.multicall (aria2.addUri, tellStatus, …)",
+                 "operationId": "jsonrpc", "security": [],
+                 "requestBody": {"required": True, "content": {JSON: {"schema": request}}},
+                 "responses": {"200": _json_body(answer, "the result (a batch answers a list)"), "400": aria2_error,
+                               "401": _error("not used: a wrong token is an aria2 error with status 400"),
+                               "403": _json_body(rpc_error, "no api_token is set and the request came from "
+                                                            "another web site or host name"),
+                               "413": ERR_413}},
+        "options": {"summary": "CORS preflight for browser clients (AriaNg); allowed only when api_token is set",
+                    "operationId": "jsonrpcPreflight", "security": [],
+                    "responses": {"204": {"description": "CORS headers"},
+                                  "403": _json_body(rpc_error, "no api_token set: cross-origin calls refused")}},
+        "get": {"summary": "aria2 JSON-RPC over a WebSocket: calls as over POST, plus aria2.onDownload* "
+                           "notifications ({\"method\", \"params\": [{\"gid\"}]}) to every client",
+                "operationId": "jsonrpcSocket", "security": [],
+                "responses": {"101": {"description": "switching to the WebSocket protocol"},
+                              "400": _json_body(rpc_error, "a plain HTTP request without the WebSocket upgrade")}},
+    }
+
+
 def _paths():
     paths = {
         "/": {"get": {"summary": "redirect to the GUI", "operationId": "root", "security": [],
@@ -299,6 +331,7 @@ def _paths():
                                   "content": {JSON: {"schema": _ref("Event")}}},
                           "400": _error("a plain HTTP request without the WebSocket upgrade"),
                           "401": ERR_401}}},
+        "/jsonrpc": _jsonrpc(),
     }
     for action in ACTIONS:
         paths[f"/api/downloads/{{download_id}}/{action}"] = {"post": _post(
