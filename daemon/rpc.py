@@ -13,7 +13,7 @@ import posixpath
 import re
 from pathlib import Path
 
-from . import __version__
+from . import __version__, events
 from .errors import InvalidTransition, ManifestError, NotFound
 from .manifest import parse_items
 from .models import Download, RpcTask, db
@@ -26,9 +26,9 @@ ARIA2_VERSION = "1.37.0"  # the aria2 interface level spoken; getVersion also na
 MAX_LIST = 10_000
 STATUS = {Status.QUEUED: "waiting", Status.DOWNLOADING: "active", Status.PAUSED: "paused",
           Status.COMPLETED: "complete", Status.FAILED: "error", Status.CANCELLED: "removed"}
-NOTIFICATIONS = {"download.started": "aria2.onDownloadStart", "download.paused": "aria2.onDownloadPause",
-                 "download.cancelled": "aria2.onDownloadStop", "download.completed": "aria2.onDownloadComplete",
-                 "download.failed": "aria2.onDownloadError"}
+NOTIFICATIONS = {events.DOWNLOAD_STARTED: "aria2.onDownloadStart", events.DOWNLOAD_PAUSED: "aria2.onDownloadPause",
+                 events.DOWNLOAD_CANCELLED: "aria2.onDownloadStop",
+                 events.DOWNLOAD_COMPLETED: "aria2.onDownloadComplete", events.DOWNLOAD_FAILED: "aria2.onDownloadError"}
 NO_TOKEN = ("system.listMethods", "system.listNotifications")
 _GID = re.compile(r"^[0-9a-fA-F]{16}$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
