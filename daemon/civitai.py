@@ -6,16 +6,14 @@ a query parameter and never to a storage host.
 import datetime
 import json
 import logging
-import re
 import threading
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-import tenacity
 
-from . import USER_AGENT
+from . import http
 from .errors import TOKEN_HELP, EarlyAccess, PermanentError, TransientError
-from .manifest import CIVITAI_HOSTS, sanitize_filename
+from .filenames import CIVITAI_HOSTS, civitai_ids, sanitize_filename
 
 log = logging.getLogger("daemon.civitai")
 
@@ -27,7 +25,7 @@ class NotOnCivitai(PermanentError):
 
 
 def civitai_hosts(base_url):
-    """Hosts that may receive the Civitai token."""
+    """Hosts whose URLs name Civitai models and versions (the token's origins are `http.civitai_origins`)."""
     return {(urlsplit(base_url).hostname or "").lower(), *CIVITAI_HOSTS}
 
 
@@ -93,64 +91,55 @@ def file_sha256(file):
 class CivitaiClient:
     """GET calls to Civitai's public REST API with retries on 429/5xx."""
 
+    MAX_ANSWER = 64 << 20  # a models page with many images is a few MB; more is not an API answer
+
     def __init__(self, settings, stop=None):
         self.base = settings.civitai_base_url.rstrip("/")
         self.token = settings.civitai_token
         self.hosts = civitai_hosts(self.base)
+        self.credentials = http.civitai_credentials(self.base, self.token)
         self.retries = min(settings.retries, 3)
         self.backoff = settings.backoff
         self.backoff_max = settings.backoff_max
         self.timeout = settings.timeout
-        self.stop = stop or threading.Event()
-        self._local = threading.local()
-
-    def _session(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
-            self._local.session = session
-        return session
+        self.stop = stop or threading.Event()  # set at shutdown: a retry wait ends with Cancelled
+        self._sessions = http.Sessions(Accept="application/json")
 
     def get(self, path, params=None):
-        """JSON from `{base}/api/v1/{path}`; raises TransientError / PermanentError / NotOnCivitai."""
-        def wait(state):
-            exc = state.outcome.exception()
-            if getattr(exc, "retry_after", None) is not None:
-                return exc.retry_after
-            return min(self.backoff_max, self.backoff * 2 ** (state.attempt_number - 1))
-
-        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.retries + 1), wait=wait,
-                                     sleep=lambda s: self.stop.wait(s), reraise=True,
-                                     retry=tenacity.retry_if_exception_type(TransientError))
+        """JSON from `{base}/api/v1/{path}`; raises TransientError / PermanentError / NotOnCivitai / Cancelled."""
+        retrying = http.retrying(self.retries + 1, self.backoff, self.backoff_max, self.stop, jitter=False)
         return retrying(self._get_once, path, params)
 
     def _get_once(self, path, params):
         url = f"{self.base}/api/v1/{path}"
-        headers = {}
-        if self.token and (urlsplit(url).hostname or "").lower() in self.hosts:
-            headers["Authorization"] = f"Bearer {self.token}"
         try:
-            response = self._session().get(url, params=params, headers=headers, timeout=self.timeout,
-                                           allow_redirects=False)
-        except requests.exceptions.Timeout:
-            raise TransientError(f"Civitai API did not answer within {self.timeout:g} s") from None
+            response = self._sessions.get().get(url, params=params, headers=self.credentials.headers_for(url),
+                                                timeout=self.timeout, allow_redirects=False, stream=True)
         except requests.exceptions.RequestException as exc:
-            raise TransientError(f"Civitai API unreachable: {type(exc).__name__}") from None
+            raise TransientError(f"Civitai API: {http.network_problem(exc, urlsplit(url).hostname, self.timeout)}") \
+                from None
+        with response:
+            return self._answer(response, path)
+
+    def _answer(self, response, path):
         status = response.status_code
         ctype = response.headers.get("Content-Type", "")
+        ok = status == 200
+        limit = self.MAX_ANSWER if ok else http.ERROR_BODY_LIMIT
+        data, whole = http.read_body(response, limit, self.timeout, deadline=None if ok else self.timeout)
+        if ok and not whole:
+            raise TransientError(f"Civitai API answer for {path} was cut short (stalled, reset or over "
+                                 f"{limit >> 20} MB); trying again")
         body = None
-        if "json" in ctype:
+        if "json" in ctype and whole:
             try:
-                body = response.json()
+                body = json.loads(data)
             except ValueError:
                 body = None
         message = body.get("error") if isinstance(body, dict) else None
         if status == 429 or status >= 500:
-            retry_after = response.headers.get("Retry-After")
             raise TransientError(f"Civitai API answered {status}",
-                                 retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+                                 retry_after=http.retry_after(response.headers.get("Retry-After")))
         if status in (401, 403):
             raise PermanentError(TOKEN_HELP if not self.token else
                                  f"Civitai refused the API call ({status}); check civitai_token")
@@ -183,18 +172,7 @@ def download_url(base, version_id):
 
 def ids_from_url(url, hosts):
     """(modelId, modelVersionId) named by a download or model-page URL on one of `hosts`."""
-    parts = urlsplit(url or "")
-    host = (parts.hostname or "").lower()
-    if not host or not any(host == h or host.endswith("." + h) for h in hosts):
-        return None, None
-    match = re.match(r"^/api/download/models/(\d+)", parts.path)
-    if match:
-        return None, int(match.group(1))
-    match = re.match(r"^/models/(\d+)", parts.path)
-    if match:
-        version = parse_qs(parts.query).get("modelVersionId", [""])[0]
-        return int(match.group(1)), int(version) if version.isdigit() else None
-    return None, None
+    return civitai_ids(url, hosts)
 
 
 def describe(version, model=None, url=None):

@@ -12,6 +12,7 @@ from pathlib import Path
 import requests
 
 from .errors import ConfigError
+from .http import new_session
 from .settings import load
 from .states import ACTIONS, Status
 
@@ -104,8 +105,7 @@ class Client:
             raise CliError(2, f"civitai-daemon is not running (no active_port in {path} yet; {self.start_hint})")
         self.base = f"http://{host}:{settings.active_port}"
         self.token = settings.api_token
-        self.session = requests.Session()
-        self.session.trust_env = False  # no proxies or .netrc for the local daemon
+        self.session = new_session()  # no proxies or .netrc for the local daemon
         if self.token:
             self.session.headers["Authorization"] = f"Bearer {self.token}"
 

@@ -50,6 +50,10 @@ class HashMismatch(TransientError):
         self.actual = actual
 
 
+class FileInTheWay(PermanentError):
+    """A different file already holds the target name; it is never overwritten."""
+
+
 class DiskFull(PermanentError):
     """Not enough free space; retry after freeing some."""
 

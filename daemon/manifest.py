@@ -2,20 +2,18 @@
 import dataclasses
 import json
 import re
-import unicodedata
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from .errors import ManifestError
+from .filenames import (CIVITAI_HOSTS, DRIVE, MAX_NAME_BYTES, civitai_ids, filename_problem, has_control,  # noqa: F401
+                        sanitize_filename)  # re-exported: the web layer and tests read them here
 
 ITEM_FIELDS = ("url", "modelId", "modelVersionId", "air", "sha256", "filename", "priority", "subdir")
 MAX_ITEMS = 100_000
 MAX_PRIORITY = 1_000_000
-MAX_NAME_BYTES = 255
-CIVITAI_HOSTS = ("civitai.com", "civitai.red")
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _AIR = re.compile(r"^urn:air:[^:]+:[^:]+:civitai:(\d+)(?:@(\d+))?(?:\.[A-Za-z0-9]+)?$")
-_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,40 +29,15 @@ class Item:
     subdir: str | None = None
 
 
-def _control(text):
-    return any(unicodedata.category(ch) in ("Cc", "Cf") or ch == "\x00" for ch in text)
-
-
-def filename_problem(name):
-    """Why `name` is not a plain, safe file name, or None when it is."""
-    if not isinstance(name, str) or not name:
-        return "expected a non-empty string"
-    if len(name) > MAX_NAME_BYTES:  # cheap first: a 10 MB name need not be scanned
-        return f"is longer than {MAX_NAME_BYTES} bytes"
-    if "/" in name or "\\" in name:
-        return "must be a plain file name without / or \\"
-    if name.strip() in (".", ".."):
-        return "must not be . or .."
-    if _control(name):
-        return "must not contain NUL or control characters"
-    if _DRIVE.match(name):
-        return "must not start with a drive letter"
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        return f"is longer than {MAX_NAME_BYTES} bytes"
-    if name != name.strip():
-        return "must not start or end with spaces"
-    return None
-
-
 def subdir_problem(subdir):
     """Why `subdir` is not a safe relative folder, or None when it is."""
     if not isinstance(subdir, str):
         return "expected a string"
-    if subdir.startswith("/") or _DRIVE.match(subdir) or subdir.startswith("\\"):
+    if subdir.startswith("/") or DRIVE.match(subdir) or subdir.startswith("\\"):
         return "must be relative to download_dir, not absolute"
     if "\\" in subdir:
         return "use / as the folder separator"
-    if _control(subdir):
+    if has_control(subdir):
         return "must not contain NUL or control characters"
     parts = [p for p in subdir.split("/") if p not in ("", ".")]
     for part in parts:
@@ -74,25 +47,6 @@ def subdir_problem(subdir):
         if problem:
             return f"folder {part!r} {problem}"
     return None
-
-
-def sanitize_filename(name):
-    """Turn a server-supplied name into a safe plain file name, or None."""
-    if not name:
-        return None
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name)
-    previous = None
-    while name != previous:  # "C: ..x. " needs several rounds
-        previous = name
-        name = _DRIVE.sub("", name.strip().strip("."))
-    if not name or name in (".", ".."):
-        return None
-    while len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[:-1] + dot + ext) if stem and len(ext) < 16 else name[:-1]
-    name = name.strip()
-    return name if filename_problem(name) is None else None
 
 
 def normalise_subdir(subdir):
@@ -113,18 +67,7 @@ def parse_air(air):
 
 def civitai_ids_from_url(url):
     """(modelId, modelVersionId) named by a civitai.com / civitai.red URL, else (None, None)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if not any(host == h or host.endswith("." + h) for h in CIVITAI_HOSTS):
-        return None, None
-    match = re.match(r"^/api/download/models/(\d+)", parts.path)
-    if match:
-        return None, int(match.group(1))
-    match = re.match(r"^/models/(\d+)", parts.path)
-    if match:
-        version = parse_qs(parts.query).get("modelVersionId", [None])[0]
-        return int(match.group(1)), int(version) if version and version.isdigit() else None
-    return None, None
+    return civitai_ids(url, CIVITAI_HOSTS)
 
 
 def _int_field(value, problems, where, minimum=1, maximum=2**31 - 1):

@@ -14,7 +14,8 @@ import time
 
 import requests
 
-from . import USER_AGENT, events as ev
+from . import events as ev, http
+from .errors import Cancelled, DaemonError, PermanentError, TransientError
 from .states import Status
 
 log = logging.getLogger("daemon.notify")
@@ -99,9 +100,7 @@ class _Channel:
         self._failing = False
         self._dropping = False
         self._thread = None
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxy or .netrc surprises for a secret-bearing POST
-        self._session.headers["User-Agent"] = USER_AGENT
+        self._session = http.new_session()  # no proxy or .netrc surprises for a secret-bearing POST
 
     def offer(self, event):
         if not self.wanted(event):
@@ -144,31 +143,37 @@ class _Channel:
                 log.exception("%s: could not send %s", self.name, event.name)
 
     def _post(self, url, body, headers):
-        problem = None
-        for attempt in range(ATTEMPTS):
-            if attempt:
-                # The back-off waits on the stop event: shutdown is never stuck behind a retry.
-                if self._stop.wait(min(8.0, self.backoff * 2 ** attempt)) and time.monotonic() > self._deadline:
-                    break
+        def sleep(seconds):
+            # The back-off waits on the stop event: shutdown is never stuck behind a retry (but what is
+            # queued is still delivered until the stop deadline).
+            if self._stop.wait(seconds) and time.monotonic() > self._deadline:
+                raise Cancelled("stopping")
+
+        def once():
             try:
                 response = self._session.post(url, data=body, headers=headers, timeout=TIMEOUT)
             except requests.RequestException as exc:
-                problem = type(exc).__name__
-                continue
+                raise TransientError(type(exc).__name__) from None
             response.close()
             if response.status_code < 300:
-                if self._failing:
-                    self._failing = False
-                    log.info("%s delivers again", self.name)
                 return True
             problem = f"answered {response.status_code}"
             if 400 <= response.status_code < 500 and response.status_code != 429:
-                break  # the request itself is wrong; repeating it cannot help
-        if not self._failing:
-            self._failing = True
-            log.error("%s failed (%s after %d attempt(s)); events are dropped until it answers again",
-                      self.name, problem, ATTEMPTS)
-        return False
+                raise PermanentError(problem)  # the request itself is wrong; repeating it cannot help
+            raise TransientError(problem)
+
+        try:
+            http.retrying(ATTEMPTS, 2 * self.backoff, 8.0, self._stop, jitter=False, sleep=sleep)(once)
+        except DaemonError as exc:
+            if not self._failing:
+                self._failing = True
+                log.error("%s failed (%s after %d attempt(s)); events are dropped until it answers again",
+                          self.name, exc, ATTEMPTS)
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("%s delivers again", self.name)
+        return True
 
 
 class Notifier:

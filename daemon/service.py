@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import sys
+import threading
 import time
 
 import gevent
@@ -23,15 +24,17 @@ from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from . import __version__, logs, models, sdnotify, settings as settings_mod
-from .civitai import CivitaiClient, Resolver, civitai_hosts
+from .civitai import CivitaiClient, Resolver
 from .errors import ConfigError
 from .events import Bus
-from .fetch import Fetcher, Throttle
+from .fetch import Fetcher
+from .http import civitai_origins
 from .notify import Notifier
 from .progress import Progress
 from .queue import Queue
 from .spool import Spool
 from .states import ACTION_SOURCES, ACTIONS, Status
+from .throttle import Throttle
 from .updates import UpdateChecker
 from .views import Views
 from .watcher import Watcher
@@ -106,8 +109,9 @@ class Daemon:
         self.queue = Queue(self.bus, Views(self.progress))
         self.spool = Spool(s, self.queue, self.bus)
         self.throttle = Throttle(s.throttle)
-        self.fetcher = Fetcher(s, self.throttle, civitai_hosts(s.civitai_base_url))
-        self.client = CivitaiClient(s)
+        self.fetcher = Fetcher(s, self.throttle, civitai_origins(s.civitai_base_url))
+        self.api_stop = threading.Event()  # ends the Civitai client's retry waits at shutdown
+        self.client = CivitaiClient(s, self.api_stop)
         self.resolver = Resolver(s, self.client)
         self.pool = WorkerPool(s, self.queue, self.fetcher, self.resolver, self.spool, self.progress, self.bus)
         self.watcher = Watcher(s.inbox_dir, self.spool)
@@ -194,6 +198,7 @@ class Daemon:
         sdnotify.stopping()
         started = time.monotonic()
         self.watcher.stop()
+        self.api_stop.set()
         self.pool.stop(timeout=6.0)
         self.updates.stop()
         self.feed.stop()

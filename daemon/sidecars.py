@@ -3,17 +3,35 @@ Civitai Helper convention). A failed sidecar is logged, never fails the download
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
-from . import USER_AGENT
+from . import http
 from .civitai import preview_image
 
 log = logging.getLogger("daemon.sidecars")
 
 MAX_PREVIEW = 32 << 20
+PREVIEW_DEADLINE = 60  # seconds for the whole image
+
+
+def write_new(target, data):
+    """Write `data` to `target` atomically through a temp file beside it that is created new (O_EXCL)
+    and never through a symlink (O_NOFOLLOW): a planted link cannot redirect the write outside."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)  # rename replaces a symlink at `target` itself, never follows it
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -38,9 +56,7 @@ def write(model_path, civitai_info, fetcher=None, settings=None):
     info_path, stem = paths_for(model_path)
     try:
         version = json.loads(civitai_info)
-        tmp = info_path.with_name(f".{info_path.name}.tmp")
-        tmp.write_text(json.dumps(version, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, info_path)
+        write_new(info_path, json.dumps(version, indent=2, ensure_ascii=False).encode("utf-8"))
     except (OSError, ValueError) as exc:
         log.warning("could not write %s: %s", info_path, exc)
         return None
@@ -59,33 +75,26 @@ def _fetch_preview(url, base, settings):
     if urlsplit(url).scheme not in ("http", "https"):
         raise ValueError("preview URL is not http(s)")
     timeout = min(settings.timeout, 15) if settings else 15
-    with requests.Session() as session:
-        session.trust_env = False  # no .netrc or proxy credentials for an image host
-        with session.get(url, headers={"User-Agent": USER_AGENT}, stream=True, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise ValueError(f"preview answered {response.status_code}")
-            ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            ext = IMAGE_TYPES.get(ctype) or (_ext_from_url(url) if ctype in ("", "application/octet-stream")
-                                             else None)
-            if not ext:
-                raise ValueError(f"preview is not an image ({ctype or 'no content type'})")
-            target = base.with_name(f"{base.name}.preview.{ext}")
-            part = target.with_name(f".{target.name}.part")
-            try:
-                size = 0
-                with open(part, "wb") as handle:
-                    for chunk in response.iter_content(1 << 20):
-                        size += len(chunk)
-                        if size > MAX_PREVIEW:
-                            raise ValueError("preview image is larger than 32 MB")
-                        handle.write(chunk)
-                expected = response.headers.get("Content-Length")
-                if expected and expected.isdigit() and int(expected) != size:
-                    raise ValueError("preview image was cut short")
-                os.replace(part, target)
-            finally:
-                part.unlink(missing_ok=True)
-            return target
+    with http.new_session() as session, \
+            session.get(url, stream=True, timeout=timeout, allow_redirects=True) as response:
+        if response.status_code != 200:
+            raise ValueError(f"preview answered {response.status_code}")
+        ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        ext = IMAGE_TYPES.get(ctype) or (_ext_from_url(url) if ctype in ("", "application/octet-stream") else None)
+        if not ext:
+            raise ValueError(f"preview is not an image ({ctype or 'no content type'})")
+        # The stall rule and an overall deadline: a trickling image host must not hold the worker slot.
+        data, whole = http.read_body(response, MAX_PREVIEW, timeout, deadline=PREVIEW_DEADLINE)
+        if len(data) >= MAX_PREVIEW:
+            raise ValueError("preview image is larger than 32 MB")
+        if not whole:
+            raise ValueError(f"preview image stalled or took over {PREVIEW_DEADLINE} s")
+        expected = response.headers.get("Content-Length")
+        if expected and expected.isdigit() and int(expected) != len(data):
+            raise ValueError("preview image was cut short")
+    target = base.with_name(f"{base.name}.preview.{ext}")
+    write_new(target, data)
+    return target
 
 
 def _ext_from_url(url):

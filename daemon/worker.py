@@ -15,7 +15,9 @@ from pathlib import Path
 from . import events, sidecars
 from .civitai import parse_time
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PermanentError, TransientError
-from .fetch import Job, part_path
+from .fetch import Job
+from .filenames import is_civitai_page as _is_civitai_page
+from .gate import part_path
 from .models import utcnow
 from .states import Status
 
@@ -164,6 +166,8 @@ class WorkerPool:
                 fields = self.resolver.resolve(row)
             except EarlyAccess as exc:
                 return self._park(row, exc)
+            except Cancelled:  # shutdown during an API retry wait
+                return self._after_stop(row, None)
             except TransientError as exc:
                 if row.url:
                     log.warning("%s: Civitai API unreachable (%s); downloading unverified", context, exc)
@@ -179,6 +183,8 @@ class WorkerPool:
                 fields = self.resolver.resolve(row)
             except EarlyAccess as exc:
                 return self._park(row, exc)
+            except Cancelled:
+                return self._after_stop(row, None)
             except DaemonError as exc:
                 log.warning("%s: no Civitai metadata (%s); downloading unverified", context, exc)
         api_filename = fields.pop("api_filename", None)
@@ -345,12 +351,6 @@ class WorkerPool:
 
 def _remove_part(row, job):
     """Delete a cancelled download's part (its name is known once the server answered)."""
-    if row.filename:
+    if row.filename and job is not None:
         part_path(job.folder, row.filename).unlink(missing_ok=True)
 
-
-def _is_civitai_page(url):
-    """A civitai.com/models/… page link (not a file): resolve it through the API instead."""
-    from urllib.parse import urlsplit
-    parts = urlsplit(url)
-    return (parts.hostname or "").endswith(("civitai.com", "civitai.red")) and parts.path.startswith("/models/")

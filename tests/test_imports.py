@@ -3,7 +3,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "daemon"
-PURE = {"errors", "states", "manifest", "events", "redact"}
+PURE = {"errors", "states", "manifest", "events", "redact", "filenames"}
 # The queue is storage and state: how a download looks to the API or a sink lives in views.py.
 QUEUE_ALLOWED = {"models", "states", "events", "errors", "redact"}
 WEB_FORBIDDEN = {"worker", "watcher", "fetch", "service"}
@@ -58,3 +58,10 @@ def test_nothing_imports_the_wiring_module():
     for path in PACKAGE.rglob("*.py"):
         if path.name not in ("service.py", "cli.py"):
             assert "service" not in _imports(path), path
+
+
+def test_only_the_http_layer_builds_sessions():
+    """One session factory (trust_env off, User-Agent, identity encoding): no module builds its own."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "http.py":
+            assert "requests.Session(" not in path.read_text(), path

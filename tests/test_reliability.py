@@ -227,6 +227,7 @@ def test_disk_full_injected(tmp_path, fake, monkeypatch):
 
     from daemon import fetch as fetch_mod
     from daemon.errors import DiskFull
+    from daemon.http import civitai_origins
 
     blob = fake.add_blob("inj.bin", size=3 * MB)
 
@@ -265,7 +266,7 @@ def test_disk_full_injected(tmp_path, fake, monkeypatch):
         return FullFile(handle) if str(path).endswith(".part") and "a" in mode else handle
 
     monkeypatch.setattr(fetch_mod, "open", full_open, raising=False)
-    fetcher = fetch_mod.Fetcher(Settings, fetch_mod.Throttle(0), ["127.0.0.1"])
+    fetcher = fetch_mod.Fetcher(Settings, fetch_mod.Throttle(0), civitai_origins(fake.base_url))
     job = fetch_mod.Job(download_id=1, url=blob["url"], folder=tmp_path / "out", filename="inj.bin",
                         expected_sha256=blob["sha256"], stop=threading.Event())
     with pytest.raises(DiskFull) as caught:

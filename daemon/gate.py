@@ -1,0 +1,183 @@
+"""The publication gate (SPEC §6): part paths, the checks a part must pass, linking it into place
+without overwriting, and the quarantine for files that fail their hash."""
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+from .errors import FileInTheWay, HashMismatch, TransientError
+from .filenames import fit_name
+from .throttle import READ_SIZE
+
+log = logging.getLogger("daemon.gate")
+
+SNIFF = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")
+
+
+@dataclasses.dataclass
+class Result:
+    """A published (or already present) file."""
+    path: Path
+    filename: str
+    sha256: str
+    verified: bool
+    bytes: int
+    existed: bool = False
+
+
+@dataclasses.dataclass
+class Part:
+    """State carried between attempts: the part file and the hash of its bytes."""
+    folder: Path
+    filename: str | None
+    hasher: object = None
+    offset: int = 0
+    etag: str | None = None
+    total: int | None = None
+    existing_sha: str | None = None  # hash of a file already at the final name
+
+    @property
+    def path(self):
+        return part_path(self.folder, self.filename)
+
+    @property
+    def target(self):
+        return self.folder / self.filename
+
+    def load(self):
+        """Hash an existing part once so a resume can continue the same hash."""
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+        if self.path.exists():
+            with open(self.path, "rb") as handle:
+                while block := handle.read(READ_SIZE):
+                    self.hasher.update(block)
+                    self.offset += len(block)
+
+    def discard(self):
+        """Drop the part: the next attempt starts from byte zero."""
+        if self.filename:
+            self.path.unlink(missing_ok=True)
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+        self.etag = None
+
+    def truncate_to_hashed(self):
+        """Cut the part back to the bytes the hash covers (after a failed write): a clean resume point."""
+        with open(self.path, "r+b") as handle:
+            handle.truncate(self.offset)
+
+
+def part_path(folder, filename):
+    """Where `filename` is downloaded to before it passes the publication gate."""
+    return Path(folder) / fit_name(filename, ".part")
+
+
+def file_in_the_way(target):
+    return FileInTheWay(f"a different file already exists at {target}; move it away or choose another "
+                        "filename, then retry")
+
+
+def in_place(folder, names, expected_sha256, asked_name):
+    """A Result when the expected file already sits at one of `names`; raises FileInTheWay when the name
+    asked for explicitly holds something else (no server answer can change that); else None."""
+    if not expected_sha256:
+        return None
+    for name in dict.fromkeys(n for n in names if n):
+        target = Path(folder) / name
+        if target.is_file() and hash_file(target) == expected_sha256:
+            # A part beside it is left over from a crash between linking it into place and removing it.
+            part_path(folder, name).unlink(missing_ok=True)
+            return Result(target, name, expected_sha256, True, target.stat().st_size, existed=True)
+        if name == asked_name and target.exists():
+            raise file_in_the_way(target)
+    return None
+
+
+def sniff_problem(head):
+    """Why the first bytes of a model file look like an error page, or None."""
+    head = head[:64].lstrip().lower()
+    if head.startswith(SNIFF):
+        return "html"
+    return None
+
+
+def safetensors_problem(path, size):
+    """Why the file is not a parseable .safetensors, or None."""
+    if size < 8:
+        return "too small to be a .safetensors file"
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length == 0 or length > 100 * 2**20 or 8 + length > size:
+            return f"header length {length} does not fit a {size}-byte file"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return "header is not JSON"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    return None
+
+
+def publish(part, expected_sha256, api_size):
+    """The gate: size, format, hash; then link into place without overwriting. Returns a Result."""
+    size = part.offset
+    if part.total is not None and size != part.total:
+        raise TransientError(f"size mismatch: got {size} bytes, expected {part.total}", restart=True)
+    if api_size and size != api_size:
+        raise TransientError(f"size mismatch: got {size} bytes, Civitai lists {api_size}", restart=True)
+    if size == 0:
+        raise TransientError("the server sent an empty file", restart=True)
+    if part.filename.lower().endswith(".safetensors"):
+        problem = safetensors_problem(part.path, size)
+        if problem and not expected_sha256:
+            raise TransientError(f"not a valid .safetensors file ({problem})", restart=True)
+    digest = part.hasher.hexdigest()
+    if expected_sha256 and digest != expected_sha256:
+        raise HashMismatch(expected_sha256, digest)
+    target = part.target
+    existing = part.existing_sha
+    if existing is not None or target.exists():
+        existing = existing or hash_file(target)
+        part.path.unlink(missing_ok=True)
+        if existing == digest:
+            return Result(target, part.filename, digest, bool(expected_sha256), size, existed=True)
+        raise file_in_the_way(target)
+    link_into_place(part.path, target)
+    return Result(target, part.filename, digest, bool(expected_sha256), size)
+
+
+def link_into_place(source, target):
+    """Rename without ever replacing an existing file."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise FileInTheWay(f"a file appeared at {target} while downloading; move it away, then retry") from None
+    except OSError:
+        if target.exists():  # file systems without hard links: check, then rename
+            raise FileInTheWay(f"a file already exists at {target}; move it away, then retry") from None
+        os.replace(source, target)
+        return
+    os.unlink(source)
+
+
+def quarantine(part, folder, exc, download_id):
+    """Keep a part that failed its hash in `folder` (never under its final name); notes where on `exc`."""
+    if part.filename and part.path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / fit_name(part.filename, f".{exc.actual[:12]}")
+        os.replace(part.path, target)
+        exc.quarantined = target
+        log.warning("download %s: kept the mismatching file in %s (expected %s, got %s)",
+                    download_id, target, exc.expected, exc.actual)
+
+
+def hash_file(path):
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(READ_SIZE):
+            hasher.update(block)
+    return hasher.hexdigest()
