@@ -111,10 +111,18 @@ class CivitaiClient:
         return retrying(self._get_once, path, params)
 
     def _get_once(self, path, params):
+        return self._send("GET", path, params=params)
+
+    def post_once(self, path, body):
+        """One POST of JSON to `{base}/api/v1/{path}` (the bulk by-hash lookups); no retries here."""
+        return self._send("POST", path, data=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    def _send(self, method, path, headers=None, **kwargs):
         url = f"{self.base}/api/v1/{path}"
         try:
-            response = self._sessions.get().get(url, params=params, headers=self.credentials.headers_for(url),
-                                                timeout=self.timeout, allow_redirects=False, stream=True)
+            response = self._sessions.get().request(
+                method, url, headers={**(headers or {}), **self.credentials.headers_for(url)}, timeout=self.timeout,
+                allow_redirects=False, stream=True, **kwargs)
         except requests.exceptions.RequestException as exc:
             raise TransientError(f"Civitai API: {http.network_problem(exc, urlsplit(url).hostname, self.timeout)}") \
                 from None

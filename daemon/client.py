@@ -13,6 +13,7 @@ import requests
 
 from .errors import ConfigError
 from .http import new_session
+from .scan_cli import cmd_scan
 from .settings import load
 from .states import ACTIONS, Status
 
@@ -95,6 +96,7 @@ class Client:
             settings = load(path)
         except ConfigError as exc:
             raise CliError(2, str(exc)) from None
+        self.settings = settings
         host = settings.host
         if host in ("0.0.0.0", "::", "", "*"):
             host = "127.0.0.1"
@@ -270,6 +272,7 @@ def cmd_check_updates(client, args, as_json):
 
 
 COMMANDS = {
+    "scan": cmd_scan,
     "status": cmd_status,
     "list": cmd_list,
     "add": cmd_add,

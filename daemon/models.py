@@ -168,6 +168,73 @@ class ModelUpdate(BaseModel):
         indexes = ((("model_id", "version_id", "sha256"), True),)
 
 
+class LibraryEntry(BaseModel):
+    """One model file under a library root (SPEC §10): one row per path."""
+    path = peewee.TextField(unique=True)          # absolute, as found under its root
+    root = peewee.TextField()
+    size = peewee.BigIntegerField(default=0)
+    device = peewee.BigIntegerField(null=True)
+    inode = peewee.BigIntegerField(null=True)
+    mtime_ns = peewee.BigIntegerField(null=True)
+    sha256 = peewee.CharField(null=True, index=True)
+    model_id = peewee.IntegerField(null=True, index=True)
+    version_id = peewee.IntegerField(null=True, index=True)
+    model_name = peewee.CharField(null=True)
+    version_name = peewee.CharField(null=True)
+    model_type = peewee.CharField(null=True)
+    base_model = peewee.CharField(null=True)
+    published_at = peewee.CharField(null=True)    # the version's publishedAt (else createdAt), ISO text
+    source = peewee.CharField(default="unknown")  # downloaded | sidecar | civitai | unknown
+    civitai_info = peewee.TextField(null=True)    # the version JSON, for sidecars and the update check
+    missing = peewee.BooleanField(default=False)
+    download = peewee.ForeignKeyField(Download, null=True, on_delete="SET NULL")
+    first_seen = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "library"
+
+
+class HashCache(BaseModel):
+    """SHA256 by (device, inode), valid while size and mtime_ns match: renames keep it."""
+    device = peewee.BigIntegerField()
+    inode = peewee.BigIntegerField()
+    size = peewee.BigIntegerField()
+    mtime_ns = peewee.BigIntegerField()
+    sha256 = peewee.CharField()
+
+    class Meta:
+        table_name = "hash_cache"
+        primary_key = peewee.CompositeKey("device", "inode")
+
+
+class UnknownHash(BaseModel):
+    """A SHA256 Civitai did not know when last asked (asked again after 7 days)."""
+    sha256 = peewee.CharField(primary_key=True)
+    asked_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "unknown_hashes"
+
+
+class LibraryScan(BaseModel):
+    state = peewee.CharField(default="running")
+    summary = peewee.TextField(default="{}")      # the GET /api/library/scan body when it ended
+    started_at = peewee.DateTimeField(default=utcnow)
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "library_scans"
+
+
+class ModelPolicy(BaseModel):
+    """A per-model update policy override (SPEC §11): notify, alongside, replace or ignore."""
+    model_id = peewee.IntegerField(primary_key=True)
+    policy = peewee.CharField()
+
+    class Meta:
+        table_name = "model_policies"
+
+
 class RpcTask(BaseModel):
     """What an aria2 client sent for a download (SPEC §13), so it finds its task again by dir + out."""
     download = peewee.ForeignKeyField(Download, primary_key=True, on_delete="CASCADE")
@@ -179,7 +246,8 @@ class RpcTask(BaseModel):
         table_name = "rpc_tasks"
 
 
-TABLES = [ManifestRecord, Download, ModelUpdate, RpcTask]
+TABLES = [ManifestRecord, Download, ModelUpdate, RpcTask, LibraryEntry, HashCache, UnknownHash, LibraryScan,
+          ModelPolicy]
 
 
 def migrate_schema(database, tables=None):

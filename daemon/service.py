@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .events import Bus
 from .fetch import Fetcher
 from .http import civitai_origins
+from .library.scan import Scanner
 from .notify import Notifier
 from .progress import Progress
 from .queue import Queue
@@ -117,9 +118,12 @@ class Daemon:
         self.watcher = Watcher(s.inbox_dir, self.spool)
         self.notifier = Notifier(s, self.bus)
         self.updates = UpdateChecker(s, self.client, self.queue, self.bus)
+        self.library = Scanner(s, self.client, self.bus)
+        if s.library["rescan"] == "daily":
+            self.updates.before_scheduled = self.library.run_blocking  # not before an on-demand check
         self.feed = Feed(self.bus, self.progress)
         self.web = WebApp(s, self.queue, self.feed, self.status, health=self.health, updates=self.updates,
-                          metrics_text=lambda: prom.render(self.queue, self.progress))
+                          metrics_text=lambda: prom.render(self.queue, self.progress), library=self.library)
         self.server = WSGIServer(self.sock, self.web.app, handler_class=WebSocketHandler, log=None,
                                  error_log=logging.getLogger("daemon.web.server"))
         self.server.pre_start_hook = self.web.pre_start_hook  # WebSocket auth before the upgrade (401, not 101)
@@ -156,6 +160,9 @@ class Daemon:
         self.watcher.start()
         self.feed.start()
         self.updates.start()
+        self.library.recover()
+        if s.library["scan_on_start"]:
+            self.library.start()
         self.server.start()
         shown_host = s.host if s.host not in ("0.0.0.0", "::") else socket.gethostname()
         address = f"http://{shown_host}:{s.active_port}/gui"
@@ -201,6 +208,7 @@ class Daemon:
         self.api_stop.set()
         self.pool.stop(timeout=6.0)
         self.updates.stop()
+        self.library.stop()
         self.feed.stop()
         self.server.stop(timeout=1)
         self.notifier.stop(timeout=max(0.5, 8.5 - (time.monotonic() - started)))

@@ -32,6 +32,7 @@ DEFAULT_TYPE_DIRS = {
 DEFAULT_TELEGRAM_EVENTS = [events.DOWNLOAD_COMPLETED, events.DOWNLOAD_FAILED, events.MANIFEST_FAILED,
                            events.MODEL_UPDATE]
 EVENT_NAMES = events.NOTIFIABLE
+DEFAULT_LIBRARY_EXTENSIONS = [".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft"]
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?(?:/s)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}
@@ -140,6 +141,30 @@ def _rpc_dir_map(value):
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _roots(value):
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of folders (or null for [download_dir])")
+    return list(value)
+
+
+def _extensions(value):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of file extensions such as [\".safetensors\", \".ckpt\"]")
+    return sorted({("." + v.lstrip(".")).lower() for v in value})
+
+
+def _rescan(value):
+    if value not in ("daily", "off"):
+        raise ValueError('expected "daily" or "off"')
+    return value
+
+
+def _threads(value):
+    return None if value is None else _int(1, 64)(value)
+
+
 def _events(value):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of event names")
@@ -196,11 +221,17 @@ SETTINGS = [
             "aria2 JSON-RPC: the dir a client sends → a folder inside download_dir (relative to it; . = itself)"),
     Setting("update_check", {"enabled": True, "time": "04:00", "auto_download": True}, None,
             "daily check for new model versions: enabled, time (\"HH:MM\", local), auto_download"),
+    Setting("library", {"roots": None, "extensions": DEFAULT_LIBRARY_EXTENSIONS, "scan_on_start": True,
+                        "rescan": "daily", "hash_threads": None}, None,
+            "the models you already have: roots (null = [download_dir]), extensions, scan_on_start, "
+            "rescan (daily|off), hash_threads (null = CPU cores)"),
 ]
 
 NESTED = {
     "telegram": {"bot_token": _opt_str, "chat_id": _chat_id, "events": _events},
     "update_check": {"enabled": _bool, "time": _time, "auto_download": _bool},
+    "library": {"roots": _roots, "extensions": _extensions, "scan_on_start": _bool, "rescan": _rescan,
+                "hash_threads": _threads},
 }
 
 SECRET_KEYS = ("civitai_token", "api_token", "viewer_token", "webhook_secret")
@@ -306,10 +337,19 @@ def load(config_path):
         if setting.path:
             value = (config_path.parent / os.path.expanduser(value)).resolve()
         values[setting.name] = value
+    _finish_library(values, config_path)
     env_token = os.environ.get("CIVITAI_API_TOKEN")
     if env_token:
         values["civitai_token"] = env_token
     return Settings(values, config_path)
+
+
+def _finish_library(values, config_path):
+    """Library roots become absolute folders (download_dir when unset); hash_threads the core count."""
+    library = values["library"]
+    roots = library["roots"] or [str(values["download_dir"])]
+    library["roots"] = [(config_path.parent / os.path.expanduser(root)).resolve() for root in roots]
+    library["hash_threads"] = library["hash_threads"] or os.cpu_count() or 1
 
 
 def write_active_port(config_path, port):

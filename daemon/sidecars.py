@@ -60,6 +60,11 @@ def write(model_path, civitai_info, fetcher=None, settings=None):
     except (OSError, ValueError) as exc:
         log.warning("could not write %s: %s", info_path, exc)
         return None
+    return _preview(model_path, version, stem, settings)
+
+
+def _preview(model_path, version, stem, settings):
+    """Fetch the version's first image as `<stem>.preview.<ext>`; the path, or None (logged)."""
     url, _ = preview_image(version)
     if not url:
         return None
@@ -103,3 +108,25 @@ def _ext_from_url(url):
         if path.endswith("." + ext):
             return ext
     return None
+
+
+def write_missing(model_path, civitai_info, settings=None):
+    """Write whichever of the two sidecars is absent; an existing sidecar is never replaced."""
+    info_path, stem = paths_for(model_path)
+    if not os.path.exists(info_path):
+        try:
+            version = json.loads(civitai_info)
+            tmp = info_path.with_name(f".{info_path.name}.tmp")
+            tmp.write_text(json.dumps(version, indent=2, ensure_ascii=False), encoding="utf-8")
+            try:
+                os.link(tmp, info_path)  # fails if another writer got there first: theirs stays
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        except (OSError, ValueError) as exc:
+            log.warning("could not write %s: %s", info_path, exc)
+            return None
+    if find_preview(model_path) is not None:
+        return None
+    return _preview(model_path, json.loads(civitai_info), stem, settings)

@@ -4,19 +4,23 @@ import logging
 import threading
 import time
 
+import datetime
+from pathlib import Path
+
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from . import events, sidecars
-from .civitai import NotOnCivitai, file_sha256, newest_version, primary_file
+from .civitai import NotOnCivitai, file_sha256, newest_version, parse_time, primary_file
 from .errors import DaemonError
 from .manifest import Item
-from .models import Download, ModelUpdate, db, iso
+from .models import Download, LibraryEntry, ModelUpdate, db, iso
 from .states import Status
 
 log = logging.getLogger("daemon.updates")
 
 BATCH = 100
+EPOCH = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 MIN_CALL_INTERVAL = 1.0
 
 
@@ -33,6 +37,7 @@ class UpdateChecker:
         self._last_call = 0.0
         self._last = None
         self.scheduler = None
+        self.before_scheduled = None  # e.g. the library rescan (library.rescan: daily)
 
     def start(self):
         if not self.config.get("enabled"):
@@ -51,6 +56,11 @@ class UpdateChecker:
             self.scheduler.shutdown(wait=False)
 
     def _scheduled(self):
+        if self.before_scheduled is not None:
+            try:
+                self.before_scheduled()
+            except Exception:
+                log.exception("library rescan before the update check failed; checking anyway")
         try:
             self.check_now()
         except Exception:
@@ -120,6 +130,11 @@ class UpdateChecker:
                                                       & Download.model_id.is_null(False)
                                                       & Download.parent.is_null())
                               .order_by(Download.id))
+            adopted = list(LibraryEntry.select().where(LibraryEntry.model_id.is_null(False)
+                                                       & LibraryEntry.version_id.is_null(False)
+                                                       & (LibraryEntry.missing == False)  # noqa: E712
+                                                       & LibraryEntry.download.is_null()))
+        downloaded += [_Adopted(entry) for entry in adopted]
         by_model = {}
         for row in downloaded:
             by_model.setdefault(row.model_id, []).append(row)
@@ -158,7 +173,10 @@ class UpdateChecker:
             raise NotOnCivitai(f"model {model['id']} '{name}' has no published versions on Civitai any more "
                                "(deleted or unpublished)")
         have = {row.version_id: row for row in rows if row.version_id}
-        latest_row = max(rows, key=lambda r: r.id)
+        # "Newer" is against the newest version the user has, by Civitai's dates (an old version
+        # downloaded last is not the reference); versions no longer listed count as oldest.
+        when = {v["id"]: version_time(v) for v in model.get("modelVersions") or [] if isinstance(v, dict)}
+        latest_row = max(rows, key=lambda r: (when.get(r.version_id) or EPOCH, r.id or 0))
         file = primary_file(newest)
         new_sha = file_sha256(file)
         if newest["id"] in have:
@@ -167,6 +185,8 @@ class UpdateChecker:
                 self._refresh_metadata(row, newest)
                 return None
             reason, previous = "re-uploaded", row
+        elif (when.get(newest["id"]) or EPOCH) <= (when.get(latest_row.version_id) or EPOCH):
+            return None  # the user has a version at least as new (e.g. the listed newest was reordered)
         else:
             reason, previous = "new version", latest_row
         with db.connection_context():
@@ -197,7 +217,7 @@ class UpdateChecker:
 
     def _refresh_metadata(self, row, version):
         """Same file, newer metadata: refresh the stored info and the .civitai.info sidecar."""
-        if not row.civitai_info:
+        if not row.civitai_info or isinstance(row, _Adopted):
             return
         stored = json.loads(row.civitai_info)
         changed = {k: v for k, v in version.items() if k in ("name", "description", "trainedWords", "baseModel")
@@ -213,11 +233,25 @@ class UpdateChecker:
                 info_path.write_text(json.dumps(stored, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
+class _Adopted:
+    """A library entry seen by the check as if it were a completed download of its version."""
+
+    def __init__(self, entry):
+        self.entry = entry
+        self.id = None  # sorts below any download of the same version
+        self.version_id, self.model_id, self.sha256 = entry.version_id, entry.model_id, entry.sha256
+        self.path, self.filename, self.subdir = entry.path, Path(entry.path).name, None
+        self.civitai_info = entry.civitai_info
+
+
+def version_time(version):
+    return parse_time(version.get("publishedAt")) or parse_time(version.get("createdAt"))
+
+
 def _subdir_of(row, settings):
     """The folder of an earlier download, relative to download_dir."""
     if not row.path:
         return None
-    from pathlib import Path
     try:
         return str(Path(row.path).parent.relative_to(settings.download_dir)) or ""
     except ValueError:

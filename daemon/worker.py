@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from . import events, sidecars
+from .library import dedupe
 from .civitai import parse_time
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PermanentError, TransientError
 from .fetch import Job
@@ -160,6 +161,9 @@ class WorkerPool:
 
     def _download(self, row):
         context = f"download {row.id}" + (f" (manifest {row.manifest_id})" if row.manifest_id else "")
+        entry = dedupe.match(row)
+        if entry is not None:
+            return self._settle_from_library(row, entry)
         fields = {}
         if self.resolver.wants(row) and (not row.url or _is_civitai_page(row.url)):
             try:
@@ -279,26 +283,53 @@ class WorkerPool:
             self.queue.update(row.id, parent=None)  # download it on its own
             self.queue.finish(row.id, Status.QUEUED)
             return None
-        source = Path(parent.path)
-        try:
-            folder = self._folder(row, parent.model_type) if (row.subdir or row.filename) else source.parent
-        except PermanentError as exc:
-            return self._fail(row, str(exc))
-        target = folder / (row.filename or source.name)
-        if target != source:
-            folder.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                return self._fail(row, f"a different file already exists at {target}; move it away, then retry")
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, part_path(target.parent, target.name))
-                os.replace(part_path(target.parent, target.name), target)
+        target = self._place(row, Path(parent.path), parent.model_type)
+        if target is None:
+            return None
         self.queue.finish(row.id, Status.COMPLETED, path=str(target), filename=target.name, sha256=parent.sha256,
                           verified=parent.verified, bytes=parent.bytes, total=parent.bytes, duration=0.0,
                           model_type=parent.model_type, model_name=parent.model_name,
                           version_name=parent.version_name, base_model=parent.base_model)
         log.info("download %s: same content as download %s, linked at %s", row.id, parent.id, target)
+        self.spool.maybe_finish(row.manifest_id)
+
+    def _place(self, row, source, model_type):
+        """Where the item asked for `source`'s content, linked (else copied) there; None when it failed.
+
+        With no subdir or filename the item completes at `source` itself.
+        """
+        try:
+            folder = self._folder(row, model_type) if (row.subdir or row.filename) else source.parent
+        except PermanentError as exc:
+            return self._fail(row, str(exc))
+        target = folder / (row.filename or source.name)
+        if target == source or (target.exists() and os.path.samefile(target, source)):
+            return source if target == source else target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            return self._fail(row, f"a different file already exists at {target}; move it away, then retry")
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, part_path(target.parent, target.name))
+            os.replace(part_path(target.parent, target.name), target)
+        return target
+
+    def _settle_from_library(self, row, entry):
+        """The user already has this file (library entry): link it where asked, or complete at once."""
+        source = Path(entry.path)
+        target = self._place(row, source, entry.model_type)
+        if target is None:
+            return None
+        same = target == source
+        self.queue.finish(row.id, Status.COMPLETED, path=str(target), filename=target.name, sha256=entry.sha256,
+                          verified=bool(row.expected_sha256), bytes=entry.size, total=entry.size, duration=0.0,
+                          model_type=entry.model_type, model_name=entry.model_name, version_name=entry.version_name,
+                          base_model=entry.base_model, model_id=row.model_id or entry.model_id,
+                          version_id=row.version_id or entry.version_id, civitai_info=entry.civitai_info,
+                          error=None)
+        how = "already present" if same else f"linked at {target}"
+        log.info("download %s: the library has it (%s): %s", row.id, entry.path, how)
         self.spool.maybe_finish(row.manifest_id)
 
     def _settle_cancelled(self):

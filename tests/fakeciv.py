@@ -270,6 +270,7 @@ class Recorded:
     host: str            # "api" | "storage" | "files"
     time: float = 0.0
     status: int | None = None  # filled in when the answer's status line is written
+    body: bytes = b""          # the request body (the bulk by-hash lookups send JSON)
 
 
 # --------------------------------------------------------------------------- server
@@ -669,6 +670,19 @@ class FakeCivitai:
                     hits.append((parse_iso(v["published_at"]), v["id"]))
             return min(hits)[1] if hits else None
 
+    def find_by_sha256(self, h: str) -> int | None:
+        """The bulk endpoints match SHA256 only (not AutoV2 or other hash kinds)."""
+        h = h.upper()
+        with self._lock:
+            hits = [(parse_iso(v["published_at"]), v["id"]) for v in self._versions.values()
+                    if self._visible(v) and self._hashes(v, self._blobs[v["key"]]).get("SHA256") == h]
+            return min(hits)[1] if hits else None
+
+    def calls(self, method: str, path: str) -> int:
+        """How many requests with this method went to exactly this path (query ignored)."""
+        with self._lock:
+            return sum(1 for r in self.requests if r.method == method and r.path.split("?")[0] == path)
+
     # ------------------------------------------------------------ signing
     def sign(self, key: str, filename: str) -> str:
         now = time.time()
@@ -735,8 +749,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # ---------------------------------------------------------------- plumbing
     def _drain(self) -> None:
         n = int(self.headers.get("Content-Length") or 0)
-        if n > 0:
-            self.rfile.read(n)
+        self.body = self.rfile.read(n) if n > 0 else b""
+        if self.rec is not None:
+            self.rec.body = self.body
 
     def _send(self, code: int, body: bytes | str, ctype: str, headers: dict | None = None) -> None:
         if isinstance(body, str):
@@ -839,6 +854,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         cors = {"Access-Control-Allow-Origin": "*"}
         session = self._token(query) is not None
 
+        if path in ("/model-versions/by-hash", "/model-versions/by-hash/ids"):
+            return self._by_hash_bulk(path.endswith("/ids"), cors)
+
         m = re.fullmatch(r"/model-versions/by-hash/([^/]+)", path)
         if m:
             vid = f.find_by_hash(urllib.parse.unquote(m.group(1)))
@@ -877,6 +895,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._models_list(query, session, cors)
 
         return self._json(404, {"error": "Not found"}, cors)
+
+    def _by_hash_bulk(self, ids_only: bool, cors: dict) -> None:
+        """POST by-hash (≤ 100 SHA256 → version objects) and by-hash/ids (≤ 10,000 → id triples)."""
+        if self.command != "POST":
+            return self._json(405, {"error": "Method Not Allowed"}, {"Allow": "POST"})
+        limit = 10_000 if ids_only else 100
+        try:
+            hashes = json.loads(self.body or b"null")
+        except ValueError:
+            return self._json(400, {"error": "Invalid JSON body"}, cors)
+        if not isinstance(hashes, list) or not all(isinstance(h, str) and len(h) == 64 for h in hashes):
+            return self._json(400, {"error": "Expected an array of SHA256 hashes (64 characters each)"}, cors)
+        if len(hashes) > limit:
+            return self._json(400, {"error": f"Array must contain at most {limit} element(s)"}, cors)
+        out, seen = [], set()
+        for h in hashes:
+            vid = self.fake.find_by_sha256(h)
+            if vid is None:
+                continue  # unmatched hashes are silently dropped
+            if ids_only:
+                out.append({"modelVersionId": vid, "modelId": self.fake._versions[vid]["model_id"],
+                            "hash": h.upper()})
+            elif vid not in seen:
+                seen.add(vid)
+                out.append(self.fake.version_json(vid))
+        return self._json(200, out, cors)
 
     def _models_list(self, query: dict, session: bool, cors: dict) -> None:
         f = self.fake

@@ -163,7 +163,7 @@ def token_role(settings, given):
 class WebApp:
     """Builds the bottle application around the daemon's parts."""
 
-    def __init__(self, settings, queue, feed, status, health=None, updates=None, metrics_text=None):
+    def __init__(self, settings, queue, feed, status, health=None, updates=None, metrics_text=None, library=None):
         self.settings = settings
         self.queue = queue
         self.feed = feed
@@ -171,6 +171,7 @@ class WebApp:
         self.health = health              # callable → (ok, problems)
         self.updates = updates            # object with list() and check_now()
         self.metrics_text = metrics_text  # callable → (bytes, content_type)
+        self.library = library            # the library scanner (web/library_routes.py)
         self.app = bottle.Bottle()
         self._routes()
         self.jsonrpc = JsonRpcEndpoint(self, _db, _read_body, token_role)  # aria2's protocol (SPEC §13)
@@ -274,6 +275,9 @@ class WebApp:
         post("/api/updates/check", self.api_updates_check)
         get("/api/openapi.json", lambda: self._json(openapi.document(__version__)))
         app.route("/ws/downloads", "GET", self._guard(self.ws_downloads, websocket=True))
+        if self.library is not None:
+            from . import library_routes
+            library_routes.install(self, self.library)
         for code in (400, 404, 405, 413, 500):
             app.error(code)(self._bottle_error)
 

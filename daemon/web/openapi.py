@@ -342,14 +342,15 @@ def _paths():
 
 def document(version):
     """The OpenAPI 3.0 document for this daemon version."""
+    from . import openapi_library
     return {
         "openapi": "3.0.3",
         "info": {"title": "civitai-daemon", "version": version,
                  "description": "Download manager daemon for Civitai model files. All responses are JSON; errors "
                                 "are {\"error\": message} with a 4xx status."},
-        "paths": _paths(),
+        "paths": {**_paths(), **openapi_library.paths()},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **openapi_library.SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "api_token (all routes) or viewer_token (GET routes "
                                                           "and the WebSocket) from config.yaml"}},

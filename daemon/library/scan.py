@@ -1,0 +1,355 @@
+"""The library scan: walk, hash, import sidecars, identify, record — in its own OS thread.
+
+A scan only reads model files; it writes the database and, with `sidecars:
+true`, missing sidecars beside identified files (never over an existing one).
+"""
+import json
+import logging
+import os
+import threading
+import time
+
+from .. import sidecars
+from ..events import DOWNLOAD_COMPLETED, LIBRARY_SCAN_DONE, LIBRARY_SCAN_PROGRESS
+from ..models import Download, LibraryEntry, LibraryScan, db, iso, utcnow
+from ..states import Status
+from . import hashcache, hashing, sidecars_in, store, walk
+from .identify import Identifier, Pacer, fresh_unknowns, remember_unknown
+
+log = logging.getLogger("daemon.library")
+
+PROGRESS_INTERVAL = 0.25  # at most 4 progress events a second
+MAX_ERRORS_IN_EVENT = 100
+
+
+def _blank(scan_id):
+    return {"id": scan_id, "state": "running", "phase": "walking", "files": 0, "files_done": 0, "bytes": 0,
+            "bytes_done": 0, "rate": 0.0, "eta": None, "new": 0, "changed": 0, "missing": 0, "identified": 0,
+            "unknown": 0, "hashed": 0, "api_calls": 0, "started_at": iso(utcnow()), "finished_at": None, "errors": []}
+
+
+def apply_version(row, version, source):
+    """Copy a Civitai version JSON's identity and names onto an entry."""
+    fields = sidecars_in.version_fields(version)
+    row.version_id = version.get("id")
+    row.model_id = version.get("modelId") or row.model_id
+    row.model_name = fields["model_name"] or row.model_name
+    row.version_name = fields["version_name"] or row.version_name
+    row.model_type = fields["model_type"] or row.model_type
+    row.base_model = fields["base_model"] or row.base_model
+    row.published_at = version.get("publishedAt") or version.get("createdAt") or row.published_at
+    row.civitai_info = json.dumps(version, separators=(",", ":"))
+    row.source = source
+
+
+def _clear_identity(row):
+    for field in ("model_id", "version_id", "model_name", "version_name", "model_type", "base_model",
+                  "published_at", "civitai_info", "download"):
+        setattr(row, field, None)
+    row.source = "unknown"
+
+
+def _under(path, starts):
+    return any(path == start or path.startswith(start.rstrip("/") + "/") for _, start in starts)
+
+
+class Scanner:
+    """Starts scans (one at a time), reports their progress, keeps completed downloads in the library."""
+
+    def __init__(self, settings, client, bus):
+        self.settings = settings
+        self.config = settings.library
+        self.client = client
+        self.bus = bus
+        self.stop_event = threading.Event()
+        self.pacer = Pacer(stop=self.stop_event)
+        self._lock = threading.Lock()
+        self._progress_lock = threading.Lock()
+        self._status = None
+        self._thread = None
+        bus.subscribe(self._on_event)
+
+    # -- control ---------------------------------------------------------------
+    def recover(self):
+        """At start: a scan left running by a crash is recorded as failed."""
+        with db.connection_context():
+            LibraryScan.update(state="failed", finished_at=utcnow()).where(LibraryScan.state == "running").execute()
+
+    def start(self, paths=None):
+        """(scan id, True) for a new scan, or (running id, False) to join it; ValueError for a stray PATH."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return self._status["id"], False
+            starts = walk.starts_for(self.config["roots"], paths)
+            with db.connection_context():
+                record = LibraryScan.create()
+            self._status = _blank(record.id)
+            self._thread = threading.Thread(target=self._run, args=(record.id, starts, bool(paths)),
+                                            name=f"library-scan-{record.id}", daemon=True)
+            self._thread.start()
+            return record.id, True
+
+    def run_blocking(self):
+        """Run a full scan (or wait for the running one) and return its summary."""
+        self.start()
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+        return self.status()
+
+    def running(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout=3.0):
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def status(self):
+        """The running or last scan (SPEC §10 keys), or {"state": "idle"} before the first."""
+        if self._status is not None:
+            with self._progress_lock:
+                return json.loads(json.dumps(self._status))
+        with db.connection_context():
+            last = LibraryScan.select().order_by(LibraryScan.id.desc()).first()
+        if last is None:
+            return {"state": "idle"}
+        summary = json.loads(last.summary or "{}")
+        summary.update(id=last.id, state=last.state, started_at=iso(last.started_at),
+                       finished_at=iso(last.finished_at))
+        return summary
+
+    # -- progress -----------------------------------------------------------------
+    def _advance(self, files=0, nbytes=0, force=False):
+        with self._progress_lock:
+            status = self._status
+            status["files_done"] += files
+            status["bytes_done"] += nbytes
+            now = time.monotonic()
+            if self._hash_started is not None:
+                self._hashed += nbytes
+                elapsed = now - self._hash_started
+                if elapsed > 0.05:
+                    status["rate"] = round(self._hashed / elapsed, 1)
+                left = status["bytes"] - status["bytes_done"]
+                status["eta"] = round(left / status["rate"], 1) if status["rate"] else None
+            if not force and now - self._last_event < PROGRESS_INTERVAL:
+                return
+            self._last_event = now
+            data = dict(status, errors=status["errors"][:MAX_ERRORS_IN_EVENT])
+        self.bus.publish(LIBRARY_SCAN_PROGRESS, data)
+
+    def _set(self, **fields):
+        with self._progress_lock:
+            self._status.update(fields)
+
+    # -- the scan -------------------------------------------------------------------
+    def _run(self, scan_id, starts, partial):
+        self._hash_started, self._hashed, self._last_event = None, 0, 0.0
+        started = time.monotonic()
+        try:
+            self._scan(starts)
+            state = "failed" if self.stop_event.is_set() else "done"
+            if state == "failed":
+                self._status["errors"].append({"path": None, "error": "scan stopped: the daemon is shutting down"})
+        except Exception as exc:  # a bug must end this scan, not the daemon
+            log.exception("library scan %s failed", scan_id)
+            state = "failed"
+            self._status["errors"].append({"path": None, "error": f"internal error: {type(exc).__name__}: {exc}"})
+        self._set(state=state, phase="done", finished_at=iso(utcnow()), eta=0 if state == "done" else None)
+        summary = self.status()
+        with db.connection_context():
+            LibraryScan.update(state=state, finished_at=utcnow(), summary=json.dumps(summary)).where(
+                LibraryScan.id == scan_id).execute()
+        log.info("library scan %s %s in %.1f s: %d file(s), %d new, %d changed, %d missing, %d identified, "
+                 "%d unknown, %d API call(s), %d error(s)", scan_id, state, time.monotonic() - started,
+                 summary["files"], summary["new"], summary["changed"], summary["missing"], summary["identified"],
+                 summary["unknown"], summary["api_calls"], len(summary["errors"]))
+        self.bus.publish(LIBRARY_SCAN_DONE, summary)
+
+    def _scan(self, starts):
+        errors = []
+        found = list(walk.walk(starts, self.config["extensions"], errors))
+        self._set(files=len(found), bytes=sum(f.size for f in found), errors=errors, phase="hashing")
+        shas, errors_by_path = self._hash(found)
+        self._set(phase="identifying")
+        entries = store.load_all()
+        dirty, seen = self._compare(found, entries, shas, errors_by_path)
+        identifier = Identifier(self.client, self.pacer)
+        self._identify(dirty, entries, identifier)
+        self._set(api_calls=identifier.calls)
+        for problem in identifier.problems:
+            self._status["errors"].append({"path": None, "error": problem})
+        store.save(dirty)
+        gone = [row.id for path, row in entries.items()
+                if path not in seen and not row.missing and row.id is not None and _under(path, starts)]
+        store.mark_missing(gone)
+        scanned = [entries[f.path] if f.path in entries else None for f in found]
+        identified = sum(1 for row in scanned if row is not None and row.version_id)
+        self._set(missing=len(gone), identified=identified, unknown=len(found) - identified, phase="sidecars")
+        if self.settings.sidecars:
+            self._write_sidecars([row for row in dirty if row.version_id and row.civitai_info])
+        self._advance(force=True)
+
+    def _hash(self, found):
+        """{(device, inode): sha256} for every file, from the cache or hashed now; errors by path."""
+        cache = hashcache.load_all()
+        shas, todo, per_key = {}, {}, {}
+        cached_files = cached_bytes = 0
+        for f in found:
+            per_key[f.key] = per_key.get(f.key, 0) + 1
+            sha = hashcache.lookup(cache, f)
+            if sha:
+                shas[f.key] = sha
+                cached_files += 1
+                cached_bytes += f.size
+            elif f.key not in todo:
+                todo[f.key] = f
+        self._advance(files=cached_files, nbytes=cached_bytes)
+        self._hash_started = time.monotonic()
+        errors_by_path, fresh = {}, []
+        by_path = {f.path: f for f in todo.values()}
+        results = hashing.hash_many(list(by_path), self.config["hash_threads"],
+                                    on_bytes=lambda n: self._advance(nbytes=n), stop=self.stop_event)
+        for path, sha, error in results:
+            f = by_path[path]
+            if sha:
+                shas[f.key] = sha
+                fresh.append((f.device, f.inode, f.size, f.mtime_ns, sha))
+            else:
+                errors_by_path[path] = error
+                with self._progress_lock:
+                    self._status["errors"].append({"path": path, "error": f"cannot read: {error}"})
+            self._advance(files=per_key[f.key])
+        hashcache.store(fresh)
+        self._set(hashed=len(fresh))
+        return shas, errors_by_path
+
+    def _compare(self, found, entries, shas, errors_by_path):
+        """Entries to write (new, changed, reappeared or still unidentified) and the paths seen."""
+        dirty, seen = [], set()
+        new = changed = 0
+        for f in found:
+            seen.add(f.path)
+            sha = shas.get(f.key)
+            row = entries.get(f.path)
+            if row is None:
+                row = entries[f.path] = LibraryEntry(path=f.path, root=f.root, source="unknown")
+                new += 1
+            elif (row.size, row.mtime_ns, row.device, row.inode) != (f.size, f.mtime_ns, f.device, f.inode):
+                changed += 1
+            elif not row.missing and row.sha256 == sha and (row.version_id or not sha):
+                continue  # unchanged and settled: nothing to do (unknown hashes are retried below)
+            if row.sha256 != sha:
+                _clear_identity(row)
+            row.root, row.size, row.device, row.inode, row.mtime_ns = f.root, f.size, f.device, f.inode, f.mtime_ns
+            row.sha256, row.missing = sha, False
+            dirty.append(row)
+        self._set(new=new, changed=changed)
+        return dirty, seen
+
+    def _identify(self, dirty, entries, identifier):
+        """Identify dirty rows: our downloads, sidecars, twins in the library, then Civitai in bulk."""
+        pending = [row for row in dirty if row.sha256 and not row.version_id]
+        if not pending:
+            return
+        with db.connection_context():
+            downloads = {}
+            shas = list({row.sha256 for row in pending})
+            for start in range(0, len(shas), 300):
+                for d in Download.select().where(Download.sha256.in_(shas[start:start + 300])
+                                                 & (Download.state == Status.COMPLETED.value)
+                                                 & Download.version_id.is_null(False)):
+                    downloads.setdefault(d.sha256, d)
+        twins = {row.sha256: row for row in entries.values() if row.version_id and row.sha256 and row.civitai_info}
+        ask = []
+        for row in pending:
+            d = downloads.get(row.sha256)
+            if d is not None:
+                self._from_download(row, d)
+                continue
+            if self._from_sidecars(row):
+                continue
+            twin = twins.get(row.sha256)
+            if twin is not None:
+                apply_version(row, json.loads(twin.civitai_info), twin.source)
+                continue
+            ask.append(row)
+        fresh = fresh_unknowns(row.sha256 for row in ask)
+        ask_hashes = {row.sha256 for row in ask if row.sha256 not in fresh}
+        known, asked = identifier.known_ids(ask_hashes) if ask_hashes else ({}, set())
+        remember_unknown(asked - set(known), known=known)
+        for row in ask:
+            if row.sha256 in known:
+                row.model_id, row.version_id = known[row.sha256]
+                row.source = "civitai"
+        details = {row.sha256 for row in pending if row.version_id and not row.civitai_info}
+        versions = identifier.versions(details) if details else {}
+        for row in pending:
+            version = versions.get(row.sha256)
+            if version is not None and row.version_id in (None, version.get("id")):
+                apply_version(row, version, row.source if row.source != "unknown" else "civitai")
+
+    @staticmethod
+    def _from_download(row, d):
+        if d.civitai_info:
+            apply_version(row, json.loads(d.civitai_info), "downloaded")
+        row.source = "downloaded"
+        row.model_id, row.version_id = d.model_id, d.version_id
+        row.model_name, row.version_name = d.model_name or row.model_name, d.version_name or row.version_name
+        row.model_type, row.base_model = d.model_type or row.model_type, d.base_model or row.base_model
+        row.download = d.id
+
+    @staticmethod
+    def _from_sidecars(row):
+        """Identify from a sidecar that vouches for this file; True when one did."""
+        for car in sidecars_in.read(row.path):
+            if not car.version_id or not car.accepts(row.sha256, row.mtime_ns or 0):
+                continue
+            if car.version:
+                apply_version(row, car.version, "sidecar")
+            else:
+                row.version_id, row.model_id, row.source = car.version_id, car.model_id, "sidecar"
+                for key, value in car.fields.items():
+                    if value and not getattr(row, key):
+                        setattr(row, key, value)
+            return True
+        return False
+
+    def _write_sidecars(self, rows):
+        for row in rows:
+            if self.stop_event.is_set():
+                return
+            try:
+                sidecars.write_missing(row.path, row.civitai_info, self.settings)
+            except Exception:  # a sidecar is a courtesy: never the end of a scan
+                log.exception("library: sidecars for %s", row.path)
+
+    # -- completed downloads join the library ---------------------------------------
+    def _on_event(self, event):
+        if event.name != DOWNLOAD_COMPLETED:
+            return
+        try:
+            self._adopt_download(event.data.get("id"))
+        except Exception:
+            log.exception("library: could not add download %s", event.data.get("id"))
+
+    def _adopt_download(self, download_id):
+        with db.connection_context():
+            d = Download.get_or_none(Download.id == download_id)
+        if d is None or not d.path or not d.sha256:
+            return
+        try:
+            info = os.stat(d.path)
+        except OSError:
+            return
+        roots = [str(r) for r in self.config["roots"]]
+        root = next((r for r in roots if d.path.startswith(r.rstrip("/") + "/")), str(self.settings.download_dir))
+        hashcache.store([(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, d.sha256)])
+        with db.connection_context():
+            row = LibraryEntry.get_or_none(LibraryEntry.path == d.path) or LibraryEntry(path=d.path, root=root)
+        row.size, row.device, row.inode, row.mtime_ns = info.st_size, info.st_dev, info.st_ino, info.st_mtime_ns
+        row.sha256, row.missing = d.sha256, False
+        if d.version_id:
+            self._from_download(row, d)
+        store.save([row])

@@ -1,0 +1,105 @@
+"""Find model files under the library roots: each real folder once, no loops, no writes."""
+import dataclasses
+import os
+import stat
+
+SKIP_DIRS = frozenset((".replaced", ".quarantine"))
+PART_SUFFIX = ".part"
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    path: str
+    root: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self):
+        return (self.device, self.inode)
+
+
+def is_model_name(name, extensions):
+    lower = name.lower()
+    return not lower.endswith(PART_SUFFIX) and os.path.splitext(lower)[1] in extensions
+
+
+def _error(errors, path, exc):
+    errors.append({"path": str(path), "error": exc.strerror or str(exc)})
+
+
+def walk(starts, extensions, errors):
+    """Yield a Found for every model file under each (root, start) pair.
+
+    Symlinked folders and files are followed; a folder reached twice (a second
+    link to it, a link loop, overlapping roots) is read only the first time, by
+    (device, inode). Folders that cannot be read go to `errors`.
+    """
+    seen = set()
+    for root, start in starts:
+        try:
+            info = os.stat(start)
+        except OSError as exc:
+            _error(errors, start, exc)
+            continue
+        if stat.S_ISREG(info.st_mode):
+            if is_model_name(os.path.basename(start), extensions):
+                yield Found(str(start), str(root), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            continue
+        stack = [str(start)]
+        while stack:
+            folder = stack.pop()
+            try:
+                info = os.stat(folder)
+            except OSError as exc:
+                _error(errors, folder, exc)
+                continue
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                _error(errors, folder, exc)
+                continue
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()  # follows symlinks; a dangling or looping link is neither
+                except OSError:
+                    continue
+                if is_dir:
+                    if entry.name not in SKIP_DIRS:
+                        stack.append(entry.path)
+                    continue
+                if not is_model_name(entry.name, extensions):
+                    continue
+                try:
+                    info = entry.stat()
+                except OSError as exc:
+                    _error(errors, entry.path, exc)
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    yield Found(entry.path, str(root), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def starts_for(roots, paths):
+    """(root, start) pairs: every root, or each PATH with the root holding it; ValueError for a stray PATH."""
+    if not paths:
+        return [(str(root), str(root)) for root in roots]
+    pairs = []
+    for raw in paths:
+        holder = path = None
+        for candidate in (os.path.abspath(os.path.expanduser(str(raw))), os.path.realpath(str(raw))):
+            holder = next((root for root in roots if candidate == str(root)
+                           or candidate.startswith(str(root).rstrip("/") + "/")), None)
+            if holder is not None:
+                path = candidate
+                break
+        if holder is None:
+            raise ValueError(f"{raw} is outside every library root ({', '.join(map(str, roots))}); "
+                             "add its folder to library.roots in config.yaml")
+        pairs.append((str(holder), path))
+    return pairs
