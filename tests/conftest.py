@@ -6,28 +6,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
+from daemonproc import banner_port, healthy, spawn, wait_for, write_config  # noqa: E402,F401
 from fakeciv import FakeCivitai  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition, timeout=20.0, interval=0.05, message="condition"):
-    """Poll `condition` until it returns something truthy; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
 
 
 class DaemonProcess:
@@ -45,32 +33,21 @@ class DaemonProcess:
         return self.home / "config.yaml"
 
     def write_config(self):
-        lines = [f"{k}: {json.dumps(v)}" for k, v in self.config.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        write_config(self.config_path, self.config)
 
     def start(self, wait=True, env=None):
         if not self.config_path.exists():
             self.write_config()
-        full_env = dict(os.environ, PYTHONUNBUFFERED="1")
-        full_env.pop("CIVITAI_API_TOKEN", None)
-        full_env.update(env or {})
         self.stderr = open(self.home / "stderr.txt", "ab")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config", str(self.config_path)],
-                                     cwd=self.home, stdout=subprocess.PIPE, stderr=self.stderr, env=full_env)
+        self.proc = spawn(self.config_path, self.home, subprocess.PIPE, self.stderr, env=env)
         if wait:
             line = self.proc.stdout.readline().decode()
-            if "running" not in line:
+            self.port = banner_port(line)
+            if self.port is None:
                 self.proc.wait(5)
                 raise AssertionError(f"daemon did not start: {line!r} {self.read_stderr()}")
-            self.port = int(line.split(":")[-1].split("/")[0])
-            wait_for(lambda: self._healthy(), 10, message="daemon health")
+            wait_for(lambda: healthy(self.url), 10, message="daemon health")
         return self
-
-    def _healthy(self):
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
 
     def read_stderr(self):
         return (self.home / "stderr.txt").read_text(errors="replace")
