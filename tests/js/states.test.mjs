@@ -29,16 +29,28 @@ test('actions as {state: [actions]} and as a list of objects', () => {
   assert.deepEqual(listed.actionsFor('a'), ['x']);
 });
 
-test('an older daemon without the lists: states from counts, the SPEC §6 actions', () => {
+test('the lists as api/status sends them today', () => {
+  const v = vocabulary({
+    counts: COUNTS,
+    states: Object.keys(COUNTS),
+    actions: { cancel: ['downloading', 'paused', 'queued'], pause: ['downloading', 'queued'],
+      resume: ['paused'], retry: ['cancelled', 'failed'] },
+  });
+  assert.equal(v.fromServer, true);
+  assert.deepEqual(v.actionsFor('downloading'), ['cancel', 'pause']);
+  assert.deepEqual(v.actionsFor('paused'), ['cancel', 'resume']);
+  assert.deepEqual(v.actionsFor('failed'), ['retry']);
+  assert.deepEqual(v.actionsFor('completed'), []);
+});
+
+test('no lists (before the first answer, or an older daemon): no buttons, states from counts', () => {
   const v = vocabulary({ counts: COUNTS });
   assert.equal(v.fromServer, false);
   assert.deepEqual(v.states, Object.keys(COUNTS));
-  assert.deepEqual(v.actionsFor('downloading'), ['pause', 'cancel']);
-  assert.deepEqual(v.actionsFor('paused'), ['resume', 'cancel']);
-  assert.deepEqual(v.actionsFor('failed'), ['retry']);
-  assert.deepEqual(v.actionsFor('completed'), []);
+  for (const state of v.states) assert.deepEqual(v.actionsFor(state), []);
   assert.deepEqual(vocabulary(null).states, []);
-  assert.deepEqual(vocabulary({ counts: COUNTS, states: 'junk', actions: 7 }).actionsFor('queued'), ['pause', 'cancel']);
+  assert.deepEqual(vocabulary(null).actionsFor('queued'), []);
+  assert.deepEqual(vocabulary({ counts: COUNTS, states: 'junk', actions: 7 }).actionsFor('queued'), []);
 });
 
 test('looks for unknown states and actions are neutral', () => {

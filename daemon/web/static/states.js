@@ -1,18 +1,11 @@
 // The download states and the queue actions, as the server publishes them.
 //
 // GET api/status carries "states" (the list, in order) and "actions" (which
-// action each state allows); the GUI draws filters, counts and buttons from
-// those, never from a copy of its own. A daemon that does not send them yet
-// still gets a working page: the states come from the keys of "counts", and
-// the actions from FALLBACK_ACTIONS below (SPEC §6), the one place they are
-// written in the GUI. Pure functions: tested by tests/js/states.test.mjs.
-
-const FALLBACK_ACTIONS = {
-  pause: ['queued', 'downloading'],
-  resume: ['paused'],
-  cancel: ['queued', 'downloading', 'paused'],
-  retry: ['failed', 'cancelled'],
-};
+// states each action leaves); the GUI draws filters, counts and buttons from
+// those, never from a copy of its own. Until the first answer arrives (or
+// from a daemon that sends no lists) the page shows no action buttons, and
+// the states come from the keys of "counts". Pure functions: tested by
+// tests/js/states.test.mjs.
 
 // Looks only: a state without an entry gets a neutral badge.
 const STATE_CLASS = {
@@ -82,13 +75,12 @@ export function vocabulary(status) {
   let states = names(s.states);
   const statesFromServer = states.length > 0;
   if (!states.length && s.counts && typeof s.counts === 'object') states = Object.keys(s.counts);
-  const served = actionSources(s.actions, states);
-  const sources = served && Object.keys(served).length ? served : FALLBACK_ACTIONS;
+  const sources = actionSources(s.actions, states) || {};
   const actions = Object.keys(sources);
   return {
     states,
     actions,
-    fromServer: statesFromServer && sources !== FALLBACK_ACTIONS,
+    fromServer: statesFromServer && actions.length > 0,
     actionsFor(state) {
       return actions.filter((a) => sources[a].includes(state));
     },
