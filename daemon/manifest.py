@@ -27,6 +27,9 @@ class Item:
     filename: str | None = None
     priority: int = 0
     subdir: str | None = None
+    source: str | None = None    # where a workflow or image named it (SPEC §13), e.g. "nodes[3].properties.models[0]"
+    present: str | None = None   # already on disk at this path: recorded completed, never fetched
+    error: str | None = None     # a reference that cannot be resolved: recorded failed with this reason
 
 
 def subdir_problem(subdir):
@@ -176,6 +179,11 @@ def parse_items(data):
 
 def parse_manifest(text):
     """Items from manifest text, or ManifestError listing every problem."""
+    return parse_items(decode_json(text))
+
+
+def decode_json(text):
+    """The JSON value of manifest text (bytes or str), or ManifestError saying why not."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
@@ -185,4 +193,4 @@ def parse_manifest(text):
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ManifestError([f"manifest: not valid JSON ({exc})"]) from None
-    return parse_items(data)
+    return data

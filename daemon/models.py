@@ -145,6 +145,7 @@ class Download(BaseModel):
     started_at = peewee.DateTimeField(null=True)
     finished_at = peewee.DateTimeField(null=True)
     duration = peewee.FloatField(null=True)
+    source = peewee.CharField(null=True)        # where a workflow or image named it (SPEC §13)
 
     class Meta:
         table_name = "downloads"

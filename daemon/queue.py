@@ -8,6 +8,7 @@ subscriber cares). Both check their one move against the table too.
 """
 import json
 import logging
+import os
 
 import peewee
 
@@ -35,6 +36,23 @@ WHERE "id" = (
     ORDER BY d."priority" DESC, d."id" LIMIT 1)
   AND "state" = ?
 RETURNING *"""
+
+
+_ENDED_EVENTS = {Status.COMPLETED.value: events.DOWNLOAD_COMPLETED, Status.FAILED.value: events.DOWNLOAD_FAILED}
+
+
+def _ended_fields(item, now):
+    """Row fields for an item that ends at intake (SPEC §13): already present, or unresolvable; else {}."""
+    if item.error:
+        return {"state": Status.FAILED.value, "error": item.error, "finished_at": now}
+    if item.present:
+        try:
+            size = os.path.getsize(item.present)
+        except OSError:
+            size = 0
+        return {"state": Status.COMPLETED.value, "path": item.present, "bytes": size, "total": size,
+                "finished_at": now, "duration": 0.0, "error": None}
+    return {}
 
 
 class Queue:
@@ -108,12 +126,17 @@ class Queue:
                     else:
                         found = [by_version.get(item.version_id), by_url.get(url)]
                         parent = min((f for f in found if f is not None), default=None)
-                    row = Download(id=next_id, state=Status.QUEUED.value, url=url, filename=item.filename,
+                    ended = _ended_fields(item, now)
+                    if ended:
+                        parent = None
+                    fields = {"state": Status.QUEUED.value, **ended}
+                    row = Download(id=next_id, url=url, filename=item.filename,
                                    subdir=item.subdir, expected_sha256=item.sha256, priority=item.priority,
                                    manifest=manifest.id if manifest else None, manifest_index=item.index,
                                    model_id=item.model_id, version_id=item.version_id, parent=parent,
-                                   created_at=now)
-                    if parent is None:  # the first of its content: later twins attach to it
+                                   created_at=now, source=item.source, **fields)
+                    # the first of its content: later twins attach to it (one ended at intake has nothing to share)
+                    if parent is None and not ended:
                         if item.sha256:
                             by_sha.setdefault(item.sha256, next_id)
                         else:
@@ -135,8 +158,8 @@ class Queue:
             if url and url != row.url:
                 self._private_urls[row.id] = url
         if len(rows) <= 200:
-            for data in self.views.downloads([row for row, _ in rows]):
-                self.bus.publish(events.DOWNLOAD_QUEUED, data)
+            for row, data in zip([r for r, _ in rows], self.views.downloads([row for row, _ in rows])):
+                self.bus.publish(_ENDED_EVENTS.get(row.state, events.DOWNLOAD_QUEUED), data)
         else:  # a huge batch: one summary event instead of thousands
             self.bus.publish(events.DOWNLOAD_QUEUED, {"id": rows[0][0].id, "count": len(rows),
                                                  "first_id": rows[0][0].id, "last_id": rows[-1][0].id})

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .events import Bus
 from .fetch import Fetcher
 from .http import civitai_origins
+from .intake import Intake
 from .library.scan import Scanner
 from .notify import Notifier
 from .progress import Progress
@@ -108,14 +109,15 @@ class Daemon:
         self.bus = Bus()
         self.progress = Progress()
         self.queue = Queue(self.bus, Views(self.progress))
-        self.spool = Spool(s, self.queue, self.bus)
-        self.throttle = Throttle(s.throttle)
-        self.fetcher = Fetcher(s, self.throttle, civitai_origins(s.civitai_base_url))
         self.api_stop = threading.Event()  # ends the Civitai client's retry waits at shutdown
         self.client = CivitaiClient(s, self.api_stop)
+        self.intake = Intake(s, self.client)  # manifests, ComfyUI workflows, generated PNGs (SPEC §13)
+        self.spool = Spool(s, self.queue, self.bus, parse=self.intake.parse)
+        self.throttle = Throttle(s.throttle)
+        self.fetcher = Fetcher(s, self.throttle, civitai_origins(s.civitai_base_url))
         self.resolver = Resolver(s, self.client)
         self.pool = WorkerPool(s, self.queue, self.fetcher, self.resolver, self.spool, self.progress, self.bus)
-        self.watcher = Watcher(s.inbox_dir, self.spool)
+        self.watcher = Watcher(s.inbox_dir, self.spool, parse=self.intake.parse)
         self.notifier = Notifier(s, self.bus)
         self.updates = UpdateChecker(s, self.client, self.queue, self.bus)
         self.library = Scanner(s, self.client, self.bus)

@@ -19,7 +19,12 @@ log = logging.getLogger("daemon.spool")
 
 
 def is_manifest_name(name):
-    return name.endswith(".json") and not name.startswith(".") and not name.endswith(".result.json")
+    """A file the inbox takes: a manifest or workflow (`*.json`) or a generated image (`*.png`, SPEC §13)."""
+    return name.endswith((".json", ".png")) and not name.startswith(".") and not name.endswith(".result.json")
+
+
+def _stem(name):
+    return name.rsplit(".", 1)[0] if name.endswith((".json", ".png")) else name
 
 
 def _stamp():
@@ -28,10 +33,10 @@ def _stamp():
 
 def free_name(folder, name):
     """`name` in `folder`, or `<stem>-<timestamp>.json` when taken (never replace an older file)."""
-    stem = name[:-5] if name.endswith(".json") else name
+    stem, suffix = _stem(name), name[len(_stem(name)):]
     candidate = name
-    while (folder / candidate).exists() or (folder / f"{candidate[:-5]}.result.json").exists():
-        candidate = f"{stem}-{_stamp()}.json"
+    while (folder / candidate).exists() or (folder / f"{_stem(candidate)}.result.json").exists():
+        candidate = f"{stem}-{_stamp()}{suffix or '.json'}"
     return candidate
 
 
@@ -46,13 +51,14 @@ def write_json_atomic(path, data):
 class Spool:
     """Takes manifests in, enqueues their items, and files them away when done."""
 
-    def __init__(self, settings, queue, bus):
+    def __init__(self, settings, queue, bus, parse=None):
         self.inbox = Path(settings.inbox_dir)
         self.processing = Path(settings.processing_dir)
         self.done = Path(settings.done_dir)
         self.failed = Path(settings.failed_dir)
         self.queue = queue
         self.bus = bus
+        self.parse = parse or (lambda name, data: parse_manifest(data))  # intake.Intake.parse in the daemon
         # Intake and completion take separate locks so a burst of new manifests never waits for
         # finished ones being filed (and the other way round); placing a file under a free name
         # in done/ or failed/ is the only step both do, under its own short lock.
@@ -85,6 +91,7 @@ class Spool:
             record = self.queue.create_manifest(target, items=len(items))
         ids = self.queue.enqueue(items, manifest=record)
         log.info("manifest %s: accepted with %d item(s): ids %s", target, len(items), _ids_text(ids))
+        self.maybe_finish(record.id)  # a workflow whose models are all present (or unresolvable) ends at once
         return record
 
     def _reject(self, path, errors):
@@ -92,7 +99,7 @@ class Spool:
             target = free_name(self.failed, path.name)
             result = {"manifest": target, "status": ManifestStatus.FAILED.value, "finished_at": iso(utcnow()),
                       "errors": errors, "items": []}
-            write_json_atomic(self.failed / f"{target[:-5]}.result.json", result)
+            write_json_atomic(self.failed / f"{_stem(target)}.result.json", result)
             os.replace(path, self.failed / target)
         record = self.queue.create_manifest(target, status=ManifestStatus.FAILED, errors=errors)
         self.queue.finish_manifest(record.id, ManifestStatus.FAILED, target, errors)
@@ -116,7 +123,7 @@ class Spool:
         for path in sorted(self.processing.iterdir()):
             if is_manifest_name(path.name) and path.name not in known:
                 try:
-                    items = parse_manifest(self.read(path))
+                    items = self.parse(path.name, self.read(path))
                 except (ManifestError, OSError) as exc:
                     problems = exc.problems if isinstance(exc, ManifestError) else [str(exc)]
                     with self._lock:
@@ -147,13 +154,13 @@ class Spool:
             source = self.processing / record.name
             items = [{"index": r.manifest_index, "id": r.id, "status": r.state, "path": r.path,
                       "sha256": r.sha256, "verified": bool(r.verified), "bytes": r.bytes,
-                      "error": r.error} for r in rows]
+                      "error": r.error, **({"source": r.source} if r.source else {})} for r in rows]
             with self._place_lock:
                 target = free_name(folder, record.name)
                 result = {"manifest": target, "status": status.value, "finished_at": iso(utcnow()), "errors": [],
                           "items": items}
                 # Result first, then the manifest: a host app waiting for the manifest finds its result too.
-                write_json_atomic(folder / f"{target[:-5]}.result.json", result)
+                write_json_atomic(folder / f"{_stem(target)}.result.json", result)
                 if source.exists():
                     os.replace(source, folder / target)
             self.queue.finish_manifest(manifest_id, status, target)

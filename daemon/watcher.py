@@ -18,6 +18,7 @@ from watchdog.observers import Observer
 
 from .errors import ManifestError
 from .manifest import parse_manifest
+from .pngmeta import INCOMPLETE as INCOMPLETE_PNG
 from .spool import is_manifest_name
 
 log = logging.getLogger("daemon.watcher")
@@ -25,7 +26,7 @@ log = logging.getLogger("daemon.watcher")
 STABLE_SECONDS = 2.0
 GIVE_UP_SECONDS = 10.0
 RESCAN_SECONDS = 5.0
-INCOMPLETE_PREFIXES = ("manifest: not valid JSON", "manifest: not UTF-8 text")
+INCOMPLETE_PREFIXES = ("manifest: not valid JSON", "manifest: not UTF-8 text", INCOMPLETE_PNG)
 
 
 class _Hints(FileSystemEventHandler):
@@ -42,9 +43,10 @@ class _Hints(FileSystemEventHandler):
 class Watcher:
     """The inbox observer plus one intake thread that decides when a file is complete."""
 
-    def __init__(self, inbox, spool):
+    def __init__(self, inbox, spool, parse=None):
         self.inbox = Path(inbox)
         self.spool = spool
+        self.parse = parse or (lambda name, data: parse_manifest(data))  # intake.Intake.parse in the daemon
         self.hints = queue.Queue()
         self.stop_event = threading.Event()
         self.observer = None
@@ -137,7 +139,7 @@ class Watcher:
         except OSError:
             return False
         try:
-            items = parse_manifest(data)  # parsed once, here; the spool takes the items
+            items = self.parse(path.name, data)  # parsed once, here; the spool takes the items
         except ManifestError as exc:
             # A file cut short (possibly inside a UTF-8 character) may still be growing: wait for it.
             if not exc.problems[0].startswith(INCOMPLETE_PREFIXES) or give_up:

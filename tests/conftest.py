@@ -70,11 +70,12 @@ class DaemonProcess:
         inbox = self.home / "inbox"
         inbox.mkdir(exist_ok=True)
         tmp = inbox / f".{name}.tmp"
-        tmp.write_text(json.dumps(manifest))
+        # bytes are written as they are: a workflow file or a PNG image (SPEC §13)
+        tmp.write_bytes(manifest) if isinstance(manifest, bytes) else tmp.write_text(json.dumps(manifest))
         os.replace(tmp, inbox / name)
 
     def result(self, name, timeout=60):
-        stem = name[:-5]
+        stem = name.rsplit(".", 1)[0]
         def find():
             for folder in ("done", "failed"):
                 path = self.home / folder / f"{stem}.result.json"

@@ -1,5 +1,7 @@
 """The recipes of docs/host-integration.md (sections 7 and on) run as written against the real daemon."""
 import contextlib
+import json
+import subprocess
 import io
 import re
 from pathlib import Path
@@ -37,3 +39,29 @@ def test_comfyui_manager_recipe(make_daemon, fake, monkeypatch):
     assert printed.strip() == "complete /models/loras/my-lora.safetensors"
     landed = daemon.home / "downloads" / "loras" / "my-lora.safetensors"
     assert sha(landed) == blob["sha256"]
+
+
+def test_workflow_drop_recipe(make_daemon, fake):
+    daemon = make_daemon()
+    blob = fake.add_blob("recipe-base.safetensors", size=5000, safetensors=True)
+    helpers = block("3.", "python").split("\n\nname = submit(")[0]  # section 3's functions, not its example run
+    helpers = helpers.replace('DAEMON = Path("/srv/civitai-daemon")', "")  # this test's daemon instead
+    printed = run_python(helpers + "\n" + block("8.", "python"), DAEMON=daemon.home, MODEL_URL=blob["url"])
+    assert printed.strip() == "nodes[0].properties.models[0]"
+    assert sha(daemon.home / "downloads" / "checkpoints" / "base.safetensors") == blob["sha256"]
+
+
+def test_image_drop_recipe(make_daemon, fake, tmp_path):
+    from test_hostfiles import png
+    fake.add_model(9301, "Recipe Base", "Checkpoint")
+    base = fake.add_version(9301, 93011, "v1", size=3000)
+    daemon = make_daemon()
+    image = tmp_path / "00001-123.png"
+    image.write_bytes(png({"parameters": f"x\nSteps: 20, Model hash: {base['sha256'][:10]}, Version: v1.9"}))
+    script = block("9.", "bash").replace("daemon=/srv/civitai-daemon", f"daemon={daemon.home}")
+    script = script.replace("~/Pictures/00001-123.png", str(image))
+    done = subprocess.run(["bash", "-euc", script], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "done" and result["items"][0]["source"] == "Model hash"
+    assert sha(daemon.home / "downloads" / "Stable-diffusion" / base["filename"]) == base["sha256"]
