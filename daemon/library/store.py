@@ -3,6 +3,8 @@ import peewee
 
 from ..errors import NotFound
 from ..models import LibraryEntry, db, iso
+from ..sidecars import find_preview
+from ..views import nsfw_level
 
 STATES = ("identified", "unknown", "missing")
 FIELDS = ("path", "root", "size", "device", "inode", "mtime_ns", "sha256", "model_id", "version_id", "model_name",
@@ -18,7 +20,8 @@ def entry_dict(row):
             "version_name": row.version_name, "type": row.model_type, "base_model": row.base_model,
             "published_at": row.published_at, "source": row.source, "missing": bool(row.missing),
             "download_id": row.download_id, "first_seen": iso(row.first_seen),
-            "preview": f"api/library/{row.id}/preview"}
+            "preview": f"api/library/{row.id}/preview" if not row.missing and find_preview(row.path) else None,
+            "nsfw_level": nsfw_level(row.civitai_info)}
 
 
 def load_all():

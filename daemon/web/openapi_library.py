@@ -12,7 +12,7 @@ SCHEMAS = {
         "modelVersionId": NULL_INT, "model_name": NULL_STR, "version_name": NULL_STR, "type": NULL_STR,
         "base_model": NULL_STR, "published_at": NULL_STR, "missing": {"type": "boolean"},
         "source": {"type": "string", "enum": ["downloaded", "sidecar", "civitai", "unknown"]},
-        "download_id": NULL_INT, "preview": STR,
+        "download_id": NULL_INT, "preview": NULL_STR, "nsfw_level": NULL_INT,
     }, required=["id", "path", "size", "sha256", "modelId", "modelVersionId", "model_name", "version_name", "type",
                  "base_model", "source", "missing"]),
     "LibraryScan": _obj({

@@ -27,6 +27,7 @@ import { createDetails } from './details.js';
 import { $, debounce, el, setText } from './dom.js';
 import { formatSpeed, formatUptime } from './format.js';
 import { createHistory } from './history.js';
+import { view as libraryView } from './library.js';
 import { createPreviews } from './previews.js';
 import { vocabulary } from './states.js';
 import { createDownloadsTable } from './table.js';
@@ -80,7 +81,7 @@ const downloadsView = {
 };
 
 // Tab order. Other helpers append their views here (see the top of this file).
-const VIEWS = [downloadsView];
+const VIEWS = [downloadsView, libraryView];
 
 function followColourScheme() {
   const query = window.matchMedia('(prefers-color-scheme: dark)');
