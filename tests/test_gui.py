@@ -1,14 +1,10 @@
 """The Bootstrap GUI in a real Chromium against the real daemon process (SPEC §8, GET /gui)."""
-import os
 import re
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import ROOT
-
-# The README's screenshot is refreshed only on request, so a test run never dirties the checkout.
-SCREENSHOT = ROOT / "docs" / "gui.png" if os.environ.get("UPDATE_SCREENSHOTS") else None
+from screenshots import shoot
 
 
 class Page:
@@ -173,7 +169,6 @@ def test_disconnected_banner(make_daemon, gui):
 
 def test_screenshot_with_downloads_in_flight(make_daemon, fake, gui, tmp_path):
     """The GUI at 1280 px with slow Civitai downloads running (UPDATE_SCREENSHOTS=1 saves docs/gui.png)."""
-    shot = SCREENSHOT or tmp_path / "gui.png"
     daemon = make_daemon(workers=3)
     models = [(4201, "Realistic Vision", "Checkpoint", 130072, "V5.1", 90_000, "SD 1.5"),
               (58390, "Detail Tweaker", "LORA", 62833, "v1.0", 40_000, "SD 1.5"),
@@ -195,8 +190,7 @@ def test_screenshot_with_downloads_in_flight(make_daemon, fake, gui, tmp_path):
         expect(page.locator(f'#downloads tr[data-id="{download_id}"] .cell-speed')).to_contain_text(
             "/s", timeout=15_000)
     expect(page.locator("#metric-completed")).to_have_text("2")
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 20_000
+    shoot(page, "gui", tmp_path, view="downloads")
     for download_id in ids:
         daemon.post(f"/api/downloads/{download_id}/cancel")
     view.assert_clean()

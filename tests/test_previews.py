@@ -1,17 +1,13 @@
 """Preview images, NSFW blur and the detail view (issue "Extensions"): served by the daemon from the
 `.preview.*` sidecar on disk, never hot-linked, shown in a real headless Chromium."""
 import json
-import os
 import struct
 import zlib
 from urllib.parse import urlsplit
 
-
-from conftest import ROOT
+from screenshots import shoot
 from test_gui import Page, expect
 
-# docs/previews.png is refreshed only with UPDATE_SCREENSHOTS=1, so a test run never dirties the checkout.
-SCREENSHOT = ROOT / "docs" / "previews.png" if os.environ.get("UPDATE_SCREENSHOTS") else None
 TOKEN = "preview-admin-token"
 
 
@@ -180,9 +176,7 @@ def test_previews_nsfw_blur_and_detail_modal_in_chromium(make_daemon, fake, brow
     expect(modal.locator(".badge", has_text="SDXL 1.0")).to_be_visible()
     expect(modal.locator(".badge", has_text="LORA")).to_be_visible()
     page.evaluate("shown")  # the end of the modal's fade-in, for the screenshot
-    shot = SCREENSHOT or tmp_path / "previews.png"
-    page.screenshot(path=str(shot), animations="disabled")
-    assert shot.stat().st_size > 20_000
+    shoot(page, "previews", tmp_path, full_page=False)
 
     modal.locator(".btn-close").click()
     expect(modal).to_be_hidden()
