@@ -45,6 +45,7 @@ class Job:
     on_progress: object = None      # callback(bytes, total) per chunk; must be cheap
     on_retry: object = None         # callback(exception, wait_seconds)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    sleep: object = None            # the back-off's sleep(seconds) (default: waits on stop); tests inject one
     response: object = dataclasses.field(default=None, repr=False)  # the body being read, if any
 
     def interrupt(self):
@@ -101,7 +102,7 @@ class Fetcher:
                 job.on_retry(exc, retry_state.next_action.sleep if retry_state.next_action else 0)
 
         retrying = http.retrying(self.settings.retries + 1, self.settings.backoff, self.settings.backoff_max,
-                                 job.stop, before_sleep=before_sleep)
+                                 job.stop, before_sleep=before_sleep, sleep=job.sleep)
         try:
             return retrying(self._attempt, job, part)
         except HashMismatch as exc:

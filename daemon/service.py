@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+import types
 
 import gevent
 import gevent.event
@@ -91,6 +92,23 @@ def choose_socket(settings):
     raise ConfigError("no free port in 8100-8200; set active_port in config.yaml to a free port")
 
 
+def build_core(settings, sleep=None):
+    """The parts that carry a download from the queue to disk, without the web side or threads started
+    (the daemon runs them; the in-process tests call `pool.step()` on them directly)."""
+    core = types.SimpleNamespace(bus=Bus(), progress=Progress())
+    core.queue = Queue(core.bus, Views(core.progress))
+    core.api_stop = threading.Event()  # ends the Civitai client's retry waits at shutdown
+    core.client = CivitaiClient(settings, core.api_stop)
+    core.intake = Intake(settings, core.client)  # manifests, ComfyUI workflows, generated PNGs (SPEC §13)
+    core.spool = Spool(settings, core.queue, core.bus, parse=core.intake.parse)
+    core.throttle = Throttle(settings.throttle)
+    core.fetcher = Fetcher(settings, core.throttle, civitai_origins(settings.civitai_base_url))
+    core.resolver = Resolver(settings, core.client)
+    core.pool = WorkerPool(settings, core.queue, core.fetcher, core.resolver, core.spool, core.progress, core.bus,
+                           sleep=sleep)
+    return core
+
+
 class Daemon:
     """The running daemon: every part, started and stopped in order."""
 
@@ -106,17 +124,10 @@ class Daemon:
         self.sock = choose_socket(s)
         for folder in (s.download_dir,):
             folder.mkdir(parents=True, exist_ok=True)
-        self.bus = Bus()
-        self.progress = Progress()
-        self.queue = Queue(self.bus, Views(self.progress))
-        self.api_stop = threading.Event()  # ends the Civitai client's retry waits at shutdown
-        self.client = CivitaiClient(s, self.api_stop)
-        self.intake = Intake(s, self.client)  # manifests, ComfyUI workflows, generated PNGs (SPEC §13)
-        self.spool = Spool(s, self.queue, self.bus, parse=self.intake.parse)
-        self.throttle = Throttle(s.throttle)
-        self.fetcher = Fetcher(s, self.throttle, civitai_origins(s.civitai_base_url))
-        self.resolver = Resolver(s, self.client)
-        self.pool = WorkerPool(s, self.queue, self.fetcher, self.resolver, self.spool, self.progress, self.bus)
+        core = build_core(s)
+        self.bus, self.progress, self.queue, self.spool = core.bus, core.progress, core.queue, core.spool
+        self.throttle, self.fetcher, self.api_stop = core.throttle, core.fetcher, core.api_stop
+        self.client, self.resolver, self.pool, self.intake = core.client, core.resolver, core.pool, core.intake
         self.watcher = Watcher(s.inbox_dir, self.spool, parse=self.intake.parse)
         self.notifier = Notifier(s, self.bus)
         self.updates = UpdateChecker(s, self.client, self.queue, self.bus)

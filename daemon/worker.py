@@ -1,7 +1,10 @@
-"""The worker pool: each step claims one download, fetches it, records the outcome.
+"""The worker pool: each step claims one download and runs it through resolve → fetch → record.
 
-Workers are plain OS threads (hashing, socket reads and file writes release
-the GIL, so two downloads use both cores); they never touch gevent objects.
+The resolve and fetch stages never change a download's state: each hands back
+one `Outcome`, and `_record` is the one place that writes it, logs it and lets
+the spool file a finished manifest. Workers are plain OS threads (hashing,
+socket reads and file writes release the GIL, so two downloads use both
+cores); they never touch gevent objects.
 """
 import collections
 import datetime
@@ -14,13 +17,13 @@ from pathlib import Path
 
 from . import events, sidecars
 from .library import dedupe
-from .civitai import parse_time
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PermanentError, TransientError
 from .fetch import Job
 from .filenames import is_civitai_page as _is_civitai_page
 from .gate import part_path
 from .models import utcnow
-from .states import Status
+from .outcome import Outcome, until as _until
+from .states import ENDED, Status
 
 log = logging.getLogger("daemon.worker")
 
@@ -31,7 +34,7 @@ API_RETRY_SECONDS = 60
 class WorkerPool:
     """`workers` threads around `step()`; woken by queue events, stopped by `stop()`."""
 
-    def __init__(self, settings, queue, fetcher, resolver, spool, progress, bus):
+    def __init__(self, settings, queue, fetcher, resolver, spool, progress, bus, sleep=None):
         self.settings = settings
         self.queue = queue
         self.fetcher = fetcher
@@ -46,6 +49,9 @@ class WorkerPool:
         self._cancelled = collections.deque()  # ids cancelled while no worker ran them: parts to remove
         self._lock = threading.Lock()
         self.threads = []
+        # sleep(seconds, stop_event) → True when stopped: the retry back-off of every fetch
+        # waits through it, so the in-process tests run retries without waiting.
+        self.sleep = sleep or (lambda seconds, stop: stop.wait(seconds))
         bus.subscribe(self._on_event)
 
     # -- lifecycle -------------------------------------------------------------
@@ -96,6 +102,13 @@ class WorkerPool:
         elif event.name == events.DOWNLOAD_QUEUED:
             self.wake()
 
+    def run_until_idle(self, max_steps=10_000):
+        """Run steps in this thread until nothing is runnable (rq's burst mode); returns the step count."""
+        steps = 0
+        while steps < max_steps and self.step():
+            steps += 1
+        return steps
+
     def _run(self):
         log.debug("%s started", threading.current_thread().name)
         while not self.stopping.is_set():
@@ -135,16 +148,25 @@ class WorkerPool:
         with self._lock:
             self._active.setdefault(row.id, None)  # reserved until this step ends
         try:
-            if row.parent_id:
-                self._settle_child(row)
-            else:
-                self._download(row)
+            try:
+                outcome = self._settle_child(row) if row.parent_id else self._pipeline(row)
+            except Exception as exc:  # a bug must fail one item, not kill the worker
+                log.exception("download %s: unexpected error", row.id)
+                outcome = Outcome.failed(f"internal error: {type(exc).__name__}: {exc}")
+            self._record(row, outcome)
         finally:
             self.progress.pop(row.id)
             with self._lock:
                 self._active.pop(row.id, None)
             self.wake()  # the id may have been resumed meanwhile; let a worker take it
         return True
+
+    def _pipeline(self, row):
+        entry = dedupe.match(row)
+        if entry is not None:
+            return self._settle_from_library(row, entry)
+        plan = self._resolve(row)
+        return plan if isinstance(plan, Outcome) else self._fetch(*plan)
 
     def _folder(self, row, model_type):
         subdir = row.subdir
@@ -159,38 +181,40 @@ class WorkerPool:
                                  "choose another subdir")
         return folder
 
-    def _download(self, row):
-        context = f"download {row.id}" + (f" (manifest {row.manifest_id})" if row.manifest_id else "")
-        entry = dedupe.match(row)
-        if entry is not None:
-            return self._settle_from_library(row, entry)
-        fields = {}
-        if self.resolver.wants(row) and (not row.url or _is_civitai_page(row.url)):
-            try:
-                fields = self.resolver.resolve(row)
-            except EarlyAccess as exc:
-                return self._park(row, exc)
-            except Cancelled:  # shutdown during an API retry wait
-                return self._after_stop(row, None)
-            except TransientError as exc:
-                if row.url:
-                    log.warning("%s: Civitai API unreachable (%s); downloading unverified", context, exc)
-                elif row.attempts <= self.settings.retries:
-                    return self._requeue_later(row, f"{exc}; trying again in {API_RETRY_SECONDS} s")
-                else:
-                    return self._fail(row, str(exc))
-            except DaemonError as exc:
-                return self._fail(row, str(exc))
-        elif self.resolver.wants(row) and row.civitai_info is None:
-            # A Civitai download URL given directly: metadata is welcome but optional.
-            try:
-                fields = self.resolver.resolve(row)
-            except EarlyAccess as exc:
-                return self._park(row, exc)
-            except Cancelled:
-                return self._after_stop(row, None)
-            except DaemonError as exc:
-                log.warning("%s: no Civitai metadata (%s); downloading unverified", context, exc)
+    # -- stage 1: resolve -----------------------------------------------------------
+    def _civitai_fields(self, row):
+        """What the Civitai API adds to the download ({} when not a Civitai item), or an Outcome."""
+        page = not row.url or _is_civitai_page(row.url)
+        if not self.resolver.wants(row) or (not page and row.civitai_info is not None):
+            return {}
+        try:
+            return self.resolver.resolve(row)
+        except EarlyAccess as exc:
+            return Outcome.later(str(exc), _until(exc.not_before))
+        except Cancelled:  # shutdown during an API retry wait
+            return Outcome.interrupted()
+        except TransientError as exc:
+            if not page:
+                log.warning("download %s: no Civitai metadata (%s); downloading unverified", row.id, exc)
+            elif row.url:
+                log.warning("download %s: Civitai API unreachable (%s); downloading unverified", row.id, exc)
+            elif row.attempts <= self.settings.retries:
+                return Outcome.later(f"{exc}; trying again in {API_RETRY_SECONDS} s",
+                                     utcnow() + datetime.timedelta(seconds=API_RETRY_SECONDS))
+            else:
+                return Outcome.failed(str(exc))
+            return {}
+        except DaemonError as exc:
+            if not page:  # a Civitai download URL given directly: metadata is welcome but optional
+                log.warning("download %s: no Civitai metadata (%s); downloading unverified", row.id, exc)
+                return {}
+            return Outcome.failed(str(exc))
+
+    def _resolve(self, row):
+        """The Job to fetch and the row it belongs to, or the Outcome that ends this step early."""
+        fields = self._civitai_fields(row)
+        if isinstance(fields, Outcome):
+            return fields
         api_filename = fields.pop("api_filename", None)
         api_sha = fields.pop("api_sha256", None)
         api_size = fields.pop("api_size", None)
@@ -204,20 +228,26 @@ class WorkerPool:
         if stored:
             self.queue.update(row.id, **stored)
             row = self.queue.get(row.id)
-        url = fields.get("url") if _is_civitai_page(row.url or "") else (self.queue.private_url(row) or fields.get("url"))
+        url = fields.get("url") if _is_civitai_page(row.url or "") else (self.queue.private_url(row)
+                                                                          or fields.get("url"))
         if not url:
-            return self._fail(row, "nothing to download: no URL and the version could not be resolved")
+            return Outcome.failed("nothing to download: no URL and the version could not be resolved")
         try:
             folder = self._folder(row, row.model_type)
         except PermanentError as exc:
-            return self._fail(row, str(exc))
+            return Outcome.failed(str(exc))
         job = Job(download_id=row.id, url=url, folder=folder, filename=row.filename,
                   expected_sha256=row.expected_sha256, api_size=row.api_size or api_size,
                   api_filename=api_filename)
+        return row, job
+
+    # -- stage 2: fetch -------------------------------------------------------------
+    def _fetch(self, row, job):
+        """Fetch the job's file through the gate; the Outcome says how it went."""
         last_write = [0.0]
 
         def on_name(filename, total):
-            self.queue.update(row.id, filename=filename, path=str(folder / filename), total=total)
+            self.queue.update(row.id, filename=filename, path=str(job.folder / filename), total=total)
             self.progress.start(row.id, 0, total, filename)
 
         def on_progress(done, total):
@@ -229,85 +259,81 @@ class WorkerPool:
 
         def on_retry(exc, wait):
             self.queue.bump(row.id, retries=1, hash_mismatches=int(isinstance(exc, HashMismatch)))
-            log.warning("%s: %s; retrying in %.1f s", context, exc, wait)
+            log.warning("download %s: %s; retrying in %.1f s", row.id, exc, wait)
 
         job.on_name, job.on_progress, job.on_retry = on_name, on_progress, on_retry
+        job.sleep = lambda seconds: self._retry_sleep(seconds, job)
         with self._lock:
             self._active[row.id] = job
         # A pause or cancel that came before the job was registered found nothing to stop.
         if self.stopping.is_set() or self.queue.get(row.id).state != Status.DOWNLOADING.value:
             job.stop.set()
         started = time.monotonic()
-        log.info("%s: fetching %s into %s", context, row.url or "(resolved URL)", folder)
+        log.info("download %s: fetching %s into %s", row.id, row.url or "(resolved URL)", job.folder)
         try:
             result = self.fetcher.fetch(job)
         except Cancelled:
-            return self._after_stop(row, job)
+            return Outcome.interrupted(job)
         except EarlyAccess as exc:
-            return self._park(row, exc)
+            return Outcome.later(str(exc), _until(exc.not_before))
         except HashMismatch as exc:
             self.queue.bump(row.id, hash_mismatches=1)
             where = getattr(exc, "quarantined", None)
             note = f"; the file was kept in {where}" if where else ""
-            return self._fail(row, f"{exc} after {self.settings.retries + 1} attempts{note} (Civitai's published "
-                                   "hash may be wrong: check the file and retry, or remove sha256)",
-                              sha256=exc.actual)
+            return Outcome.failed(f"{exc} after {self.settings.retries + 1} attempts{note} (Civitai's published "
+                                  "hash may be wrong: check the file and retry, or remove sha256)",
+                                  sha256=exc.actual)
         except TransientError as exc:  # still failing after the last attempt
-            return self._fail(row, f"{exc} (gave up after {self.settings.retries + 1} attempts; retry it later)")
+            return Outcome.failed(f"{exc} (gave up after {self.settings.retries + 1} attempts; retry it later)")
         except DaemonError as exc:
-            return self._fail(row, str(exc))
-        except Exception as exc:  # a bug must fail one item, not kill the worker
-            log.exception("%s: unexpected error", context)
-            return self._fail(row, f"internal error: {type(exc).__name__}: {exc}")
+            return Outcome.failed(str(exc))
         duration = time.monotonic() - started
-        row = self.queue.get(row.id)
-        if self.settings.sidecars and row.civitai_info:
-            sidecars.write(result.path, row.civitai_info, self.fetcher, self.settings)
-        finished = self.queue.finish(row.id, Status.COMPLETED, filename=result.filename, path=str(result.path),
-                                     sha256=result.sha256, verified=result.verified, bytes=result.bytes,
-                                     total=result.bytes, duration=duration, error=None)
-        if finished is None:
-            log.info("%s: finished, but its state changed meanwhile (%s)", context, self.queue.get(row.id).state)
-        else:
-            how = "already in place" if result.existed else f"{result.bytes / max(duration, 1e-6) / 1e6:.1f} MB/s"
-            log.info("%s: completed %s (%s, sha256 %s%s)", context, result.path, how, result.sha256,
-                     "" if result.verified else ", unverified")
-        self.spool.maybe_finish(row.manifest_id)
+        civitai_info = self.queue.get(row.id).civitai_info
+        if self.settings.sidecars and civitai_info:
+            sidecars.write(result.path, civitai_info, self.fetcher, self.settings)
+        how = "already in place" if result.existed else f"{result.bytes / max(duration, 1e-6) / 1e6:.1f} MB/s"
+        return Outcome.completed(f"{result.path} ({how}, sha256 {result.sha256}"
+                                 f"{'' if result.verified else ', unverified'})",
+                                 filename=result.filename, path=str(result.path), sha256=result.sha256,
+                                 verified=result.verified, bytes=result.bytes, total=result.bytes,
+                                 duration=duration, error=None)
+
+    def _retry_sleep(self, seconds, job):
+        """The fetch's back-off between attempts, through the injected sleep; a stop ends it."""
+        if self.sleep(seconds, job.stop):
+            raise Cancelled("stopped while waiting to retry")
 
     def _settle_child(self, row):
         """A download of content another download already fetched: link to it."""
         parent = self.queue.get(row.parent_id)
         if parent.state == Status.FAILED.value:
-            return self._fail(row, f"same file as download {parent.id}, which failed: {parent.error}")
+            return Outcome.failed(f"same file as download {parent.id}, which failed: {parent.error}")
         if parent.state != Status.COMPLETED.value or not parent.path or not os.path.exists(parent.path):
-            self.queue.update(row.id, parent=None)  # download it on its own
-            self.queue.finish(row.id, Status.QUEUED)
-            return None
+            return Outcome.requeue("its twin is gone: downloading it on its own", parent=None)
         target = self._place(row, Path(parent.path), parent.model_type)
-        if target is None:
-            return None
-        self.queue.finish(row.id, Status.COMPLETED, path=str(target), filename=target.name, sha256=parent.sha256,
-                          verified=parent.verified, bytes=parent.bytes, total=parent.bytes, duration=0.0,
-                          model_type=parent.model_type, model_name=parent.model_name,
-                          version_name=parent.version_name, base_model=parent.base_model)
-        log.info("download %s: same content as download %s, linked at %s", row.id, parent.id, target)
-        self.spool.maybe_finish(row.manifest_id)
+        if isinstance(target, Outcome):
+            return target
+        return Outcome.completed(f"same content as download {parent.id}, linked at {target}",
+                                 path=str(target), filename=target.name, sha256=parent.sha256,
+                                 verified=parent.verified, bytes=parent.bytes, total=parent.bytes, duration=0.0,
+                                 model_type=parent.model_type, model_name=parent.model_name,
+                                 version_name=parent.version_name, base_model=parent.base_model)
 
     def _place(self, row, source, model_type):
-        """Where the item asked for `source`'s content, linked (else copied) there; None when it failed.
+        """Where the item asked for `source`'s content, linked (else copied) there; an Outcome when it failed.
 
         With no subdir or filename the item completes at `source` itself.
         """
         try:
             folder = self._folder(row, model_type) if (row.subdir or row.filename) else source.parent
         except PermanentError as exc:
-            return self._fail(row, str(exc))
+            return Outcome.failed(str(exc))
         target = folder / (row.filename or source.name)
         if target == source or (target.exists() and os.path.samefile(target, source)):
             return source if target == source else target
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            return self._fail(row, f"a different file already exists at {target}; move it away, then retry")
+            return Outcome.failed(f"a different file already exists at {target}; move it away, then retry")
         try:
             os.link(source, target)
         except OSError:
@@ -319,18 +345,16 @@ class WorkerPool:
         """The user already has this file (library entry): link it where asked, or complete at once."""
         source = Path(entry.path)
         target = self._place(row, source, entry.model_type)
-        if target is None:
-            return None
-        same = target == source
-        self.queue.finish(row.id, Status.COMPLETED, path=str(target), filename=target.name, sha256=entry.sha256,
-                          verified=bool(row.expected_sha256), bytes=entry.size, total=entry.size, duration=0.0,
-                          model_type=entry.model_type, model_name=entry.model_name, version_name=entry.version_name,
-                          base_model=entry.base_model, model_id=row.model_id or entry.model_id,
-                          version_id=row.version_id or entry.version_id, civitai_info=entry.civitai_info,
-                          error=None)
-        how = "already present" if same else f"linked at {target}"
-        log.info("download %s: the library has it (%s): %s", row.id, entry.path, how)
-        self.spool.maybe_finish(row.manifest_id)
+        if isinstance(target, Outcome):
+            return target
+        how = "already present" if target == source else f"linked at {target}"
+        return Outcome.completed(f"the library has it ({entry.path}): {how}", path=str(target),
+                                 filename=target.name, sha256=entry.sha256, verified=bool(row.expected_sha256),
+                                 bytes=entry.size, total=entry.size, duration=0.0, model_type=entry.model_type,
+                                 model_name=entry.model_name, version_name=entry.version_name,
+                                 base_model=entry.base_model, model_id=row.model_id or entry.model_id,
+                                 version_id=row.version_id or entry.version_id, civitai_info=entry.civitai_info,
+                                 error=None)
 
     def _settle_cancelled(self):
         """Remove the part of one download cancelled while no worker ran it; finish its manifest."""
@@ -342,42 +366,48 @@ class WorkerPool:
         if row.state == Status.CANCELLED.value:
             if row.path:
                 part_path(Path(row.path).parent, Path(row.path).name).unlink(missing_ok=True)
-            log.info("download %s cancelled; part removed", row.id)
-            self.spool.maybe_finish(row.manifest_id)
+            self._record(row, Outcome(None, "cancelled; part removed"))
         return True
 
-    # -- outcomes ------------------------------------------------------------------
-    def _fail(self, row, message, **fields):
-        log.error("download %s failed: %s", row.id, message)
-        if self.queue.finish(row.id, Status.FAILED, error=message, **fields) is not None:
+    # -- stage 3: record ------------------------------------------------------------
+    def _record(self, row, outcome):
+        """The one place a step's outcome is written: the state, the log line, the manifest."""
+        if outcome.stopped:
+            outcome = self._after_stop(row, outcome.job)
+        if outcome.state is None:
+            log.info("download %s %s", row.id, outcome.message)
+            current = self.queue.get(row.id)
+        else:
+            fields = dict(outcome.fields)
+            if outcome.state == Status.FAILED or outcome.not_before is not None:
+                fields.setdefault("error", outcome.message)  # why it failed, or why it waits
+            if outcome.not_before is not None:
+                fields["not_before"] = outcome.not_before
+            current = self.queue.finish(row.id, outcome.state, event=outcome.event, **fields)
+            if current is None:
+                current = self.queue.get(row.id)
+                log.info("download %s: %s, but its state changed meanwhile (%s)", row.id, outcome.message,
+                         current.state)
+            elif outcome.state == Status.FAILED:
+                log.error("download %s failed: %s", row.id, outcome.message)
+            else:
+                log.info("download %s %s: %s", row.id, "completed" if outcome.state == Status.COMPLETED
+                         else "back in the queue", outcome.message)
+        if current.state in {s.value for s in ENDED}:
             self.spool.maybe_finish(row.manifest_id)
-
-    def _park(self, row, exc):
-        until = exc.not_before
-        if isinstance(until, str):
-            until = parse_time(until)
-        until = until or utcnow() + datetime.timedelta(hours=1)
-        log.info("download %s: %s", row.id, exc)
-        self.queue.finish(row.id, Status.QUEUED, error=str(exc), not_before=until)
-
-    def _requeue_later(self, row, message):
-        log.warning("download %s: %s", row.id, message)
-        self.queue.finish(row.id, Status.QUEUED, error=message,
-                          not_before=utcnow() + datetime.timedelta(seconds=API_RETRY_SECONDS))
 
     def _after_stop(self, row, job):
-        current = self.queue.get(row.id)
-        if current.state == Status.CANCELLED.value:
-            _remove_part(current, job)
-            log.info("download %s cancelled; part removed", row.id)
-            self.spool.maybe_finish(row.manifest_id)
-        elif current.state == Status.PAUSED.value:
-            log.info("download %s paused; part kept for resume", row.id)
-        elif self.stopping.is_set():  # back to the queue, part kept
-            self.queue.finish(row.id, Status.QUEUED, event=events.DOWNLOAD_QUEUED)
-            log.info("download %s interrupted by shutdown; will resume", row.id)
-        else:  # paused and resumed (or cancelled and retried) before this attempt wound down
-            log.info("download %s was %s meanwhile; a worker takes it up again", row.id, current.state)
+        """What a stopped fetch means, from the state the download is in now."""
+        current = self.queue.get(row.id).state
+        if current == Status.CANCELLED.value:
+            _remove_part(row if row.filename else self.queue.get(row.id), job)
+            return Outcome(None, "cancelled; part removed")
+        if current == Status.PAUSED.value:
+            return Outcome(None, "paused; part kept for resume")
+        if self.stopping.is_set():  # back to the queue, part kept
+            return Outcome(Status.QUEUED, "interrupted by shutdown; will resume", event=events.DOWNLOAD_QUEUED)
+        # paused and resumed (or cancelled and retried) before this attempt wound down
+        return Outcome(None, f"was {current} meanwhile; a worker takes it up again")
 
 
 def _remove_part(row, job):

@@ -177,13 +177,104 @@ def browser():
 
 # -- local receivers and files -------------------------------------------------------
 @pytest.fixture
-def hook():
-    """A real local HTTP receiver for webhooks (and the fake Telegram Bot API)."""
+def make_hook():
+    """Factory: make_hook(delay=, status=, reply=) → a started local receiver (stopped at teardown)."""
     from receivers import Receiver
-    receiver = Receiver().start()
-    yield receiver
-    receiver.stop()
+    started = []
+
+    def make(**kwargs):
+        receiver = Receiver(**kwargs).start()
+        started.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in started:
+        receiver.stop()
+
+
+@pytest.fixture
+def hook(make_hook):
+    """A real local HTTP receiver for webhooks (and the fake Telegram Bot API)."""
+    return make_hook()
 
 
 def sha(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The SHA256 of a file, read in blocks (test files reach hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- the in-process harness: real parts, no daemon process, no threads ---------------------
+@pytest.fixture
+def database(tmp_path):
+    """A fresh SQLite queue database in tmp_path, opened as the daemon opens it."""
+    from daemon import models
+    db = models.open_database(tmp_path / "queue.db")
+    yield db
+    db.close()
+
+
+class Recorder:
+    """A bus subscriber that keeps every event; `then(name, fn)` runs fn(event) when one is published."""
+
+    def __init__(self):
+        self.events = []
+        self._hooks = []
+
+    def __call__(self, event):
+        self.events.append(event)
+        for name, fn in list(self._hooks):
+            if event.name == name:
+                self._hooks.remove((name, fn))
+                fn(event)
+
+    def names(self, download_id=None):
+        return [e.name for e in self.events if download_id is None or e.data.get("id") == download_id]
+
+    def then(self, name, fn):
+        self._hooks.append((name, fn))
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+class Sleeps:
+    """The injected sleep: records each wait and returns at once (True when the stop event is set)."""
+
+    def __init__(self):
+        self.waits = []
+
+    def __call__(self, seconds, stop):
+        self.waits.append(seconds)
+        return stop.is_set()
+
+
+@pytest.fixture
+def sleeps():
+    return Sleeps()
+
+
+@pytest.fixture
+def core(tmp_path, fake, database, recorder, sleeps):
+    """Factory: core(**config) → the daemon's download parts in this process (service.build_core),
+    against the fake Civitai; `recorder` sees every event; retries wait through `sleeps`."""
+    from daemon import service, settings as settings_mod
+
+    def factory(**config):
+        base = {"civitai_base_url": fake.base_url, "backoff": 0.05, "backoff_max": 0.5, "timeout": 5,
+                "retries": 3, "workers": 1, "sidecars": False}
+        base.update(config)
+        path = tmp_path / "config.yaml"
+        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in base.items()))
+        settings = settings_mod.load(path)
+        parts = service.build_core(settings, sleep=sleeps)
+        parts.settings = settings
+        parts.bus.subscribe(recorder)
+        return parts
+
+    return factory

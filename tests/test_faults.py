@@ -1,5 +1,4 @@
 """Network faults, crashes and shutdowns against the real daemon process (SPEC §6)."""
-import hashlib
 import json
 import os
 import signal
@@ -7,17 +6,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import sha, wait_for
 
 MB = 1_000_000
-
-
-def sha_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gets(fake, host="files"):
@@ -41,7 +32,7 @@ def test_dropped_connection_resumes_with_range(make_daemon, fake):
     daemon.drop("drop.json", {"url": blob["url"], "sha256": blob["sha256"]})
     folder, result = daemon.result("drop.json")
     assert folder == "done", result
-    assert sha_of(result["items"][0]["path"]) == blob["sha256"]
+    assert sha(result["items"][0]["path"]) == blob["sha256"]
     requests = gets(fake)
     assert len(requests) == 3
     assert [range_start(r) for r in requests] == [0, 1 * MB, 2 * MB]
@@ -81,7 +72,7 @@ def test_server_ignoring_range_restarts_from_zero(make_daemon, fake):
     folder, result = daemon.result("norange.json")
     assert folder == "done", result
     path = Path(result["items"][0]["path"])
-    assert path.stat().st_size == blob["size"] and sha_of(path) == blob["sha256"]
+    assert path.stat().st_size == blob["size"] and sha(path) == blob["sha256"]
     first, second = gets(fake)
     assert second.headers.get("Range") == f"bytes={1 * MB}-" and second.status == 200
 
@@ -96,7 +87,7 @@ def test_corrupt_once_is_retried(make_daemon, fake):
     requests = gets(fake)
     assert len(requests) == 2
     assert "Range" not in requests[1].headers  # a mismatch restarts from zero
-    assert sha_of(result["items"][0]["path"]) == blob["sha256"]
+    assert sha(result["items"][0]["path"]) == blob["sha256"]
     metrics = daemon.get("/api/metrics").json()
     assert metrics["hash_mismatches"] == 1
 
@@ -116,7 +107,7 @@ def test_always_corrupt_is_quarantined(make_daemon, fake):
     assert not (downloads / "rotten.bin.part").exists()
     quarantined = list((downloads / ".quarantine").iterdir())
     assert len(quarantined) == 1
-    actual = sha_of(quarantined[0])
+    actual = sha(quarantined[0])
     assert actual != blob["sha256"]
     assert blob["sha256"] in item["error"] and actual in item["error"]
     assert item["sha256"] == actual and item["verified"] is False
@@ -159,7 +150,7 @@ def test_expired_storage_url_asks_civitai_again(make_daemon, fake):
     daemon.drop("expire.json", {"modelVersionId": 3001})
     folder, result = daemon.result("expire.json")
     assert folder == "done", result
-    assert sha_of(result["items"][0]["path"]) == info["sha256"]
+    assert sha(result["items"][0]["path"]) == info["sha256"]
     entries = [r for r in fake.requests_to("api", "/api/download/models/3001")]
     storage = gets(fake, "storage")
     assert len(entries) >= 2, "the resume must ask the original URL again"
@@ -185,7 +176,7 @@ def test_kill_9_then_restart_resumes(make_daemon, fake):
     daemon.start()
     folder, result = daemon.result("crash.json", timeout=90)
     assert folder == "done", result
-    assert sha_of(result["items"][0]["path"]) == blob["sha256"]
+    assert sha(result["items"][0]["path"]) == blob["sha256"]
     after = gets(fake)[before:]
     refetched = sum(size - range_start(r) for r in after if r.status in (200, 206))
     assert refetched <= size - kept
@@ -220,7 +211,7 @@ def test_sigterm_keeps_part_and_restart_resumes(make_daemon, fake):
     assert daemon.port == port
     folder, result = daemon.result("term.json")
     assert folder == "done", result
-    assert sha_of(result["items"][0]["path"]) == blob["sha256"]
+    assert sha(result["items"][0]["path"]) == blob["sha256"]
     after = gets(fake)[before:]
     assert len(after) == 1 and range_start(after[0]) == kept and after[0].status == 206
     assert json.loads((daemon.home / "done" / "term.result.json").read_text())["items"][0]["bytes"] == size
@@ -260,7 +251,7 @@ def test_complete_part_answered_416_is_published(make_daemon, fake):
     assert folder == "done", result
     [request] = gets(fake)
     assert request.status == 416 and range_start(request) == 300_000
-    assert sha_of(daemon.home / "downloads" / "whole.bin") == blob["sha256"]
+    assert sha(daemon.home / "downloads" / "whole.bin") == blob["sha256"]
     assert not part.exists()
 
 
@@ -293,8 +284,8 @@ def test_stale_parts_restart_from_zero(make_daemon, fake):
         {"url": other["url"], "sha256": other["sha256"], "filename": "other.bin"}]})
     folder, result = daemon.result("stale.json")
     assert folder == "done", result
-    assert sha_of(downloads / "longer.bin") == longer["sha256"]
-    assert sha_of(downloads / "other.bin") == other["sha256"]
+    assert sha(downloads / "longer.bin") == longer["sha256"]
+    assert sha(downloads / "other.bin") == other["sha256"]
     by_name = {}
     for request in gets(fake):
         by_name.setdefault(request.path, []).append((request.status, request.headers.get("Range")))

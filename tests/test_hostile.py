@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from conftest import wait_for
+from conftest import sha as sha_of_file, wait_for
 
 
 class RawServer:
@@ -210,7 +210,7 @@ def test_hostile_servers(make_daemon, fake, servers):
                 assert word in (row["error"] or ""), (name, row["error"])
             assert not (downloads / f"{name}.bin").exists(), name
         else:
-            assert row["verified"] and hashlib.sha256((downloads / f"{name}.bin").read_bytes()).hexdigest() == sha
+            assert row["verified"] and sha_of_file(downloads / f"{name}.bin") == sha
     for name, (state, error) in report.items():
         print(f"{name:22} {state:10} {error}")
     assert not [p for p in downloads.rglob("*") if p.is_file() and p.name.endswith(".part")

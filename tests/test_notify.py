@@ -5,23 +5,9 @@ import time
 import pytest
 
 from conftest import wait_for
-from receivers import Receiver, refused_url
+from receivers import refused_url
 
 BOT_TOKEN = "123456789:AAF-secretBotTokenValue_xyz"
-
-
-@pytest.fixture
-def receivers():
-    started = []
-
-    def make(**kwargs):
-        receiver = Receiver(**kwargs).start()
-        started.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in started:
-        receiver.stop()
 
 
 def two_models(fake):
@@ -32,9 +18,9 @@ def two_models(fake):
 
 
 @pytest.mark.parametrize("case", ["webhook-refused", "webhook-slow", "telegram-slow"])
-def test_dead_or_slow_receiver_never_slows_downloads(fake, make_daemon, receivers, case):
+def test_dead_or_slow_receiver_never_slows_downloads(fake, make_daemon, make_hook, case):
     two_models(fake)
-    slow = receivers(delay=15) if case.endswith("slow") else None
+    slow = make_hook(delay=15) if case.endswith("slow") else None
     if case == "webhook-refused":
         hook_url = refused_url()
         config = {"webhook_url": hook_url}
@@ -60,9 +46,9 @@ def test_dead_or_slow_receiver_never_slows_downloads(fake, make_daemon, receiver
     assert "webhook failed (ConnectionError after 3 attempt(s))" in errors
 
 
-def test_webhook_error_status_is_logged_once_and_recovers(fake, make_daemon, receivers):
+def test_webhook_error_status_is_logged_once_and_recovers(fake, make_daemon, make_hook):
     two_models(fake)
-    hook = receivers(status=500)
+    hook = make_hook(status=500)
     d = make_daemon(webhook_url=hook.url)
     d.drop("a.json", {"modelVersionId": 7001})
     d.result("a.json")
@@ -75,11 +61,11 @@ def test_webhook_error_status_is_logged_once_and_recovers(fake, make_daemon, rec
     assert d.logs().count("webhook failed") == 1
 
 
-def test_telegram_messages_filtered_readable_and_token_kept_secret(fake, make_daemon, receivers):
+def test_telegram_messages_filtered_readable_and_token_kept_secret(fake, make_daemon, make_hook):
     two_models(fake)
     fake.add_model(702, "Locked Model", "Checkpoint")
     fake.add_version(702, 7021, "v1", size=70_000, require_auth=True)
-    bot = receivers(reply={"ok": True, "result": {"message_id": 1}})
+    bot = make_hook(reply={"ok": True, "result": {"message_id": 1}})
     d = make_daemon(telegram={"bot_token": BOT_TOKEN, "chat_id": -100123,
                               "events": ["download.completed", "download.failed"]},
                     telegram_api_base=bot.url)

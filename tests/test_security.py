@@ -216,10 +216,12 @@ def test_websocket_crowd_does_not_hurt_downloads(make_daemon, fake):
                                            sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 1024),))
                for _ in range(5)]  # never read from again
     seen = [set() for _ in range(20)]
+    connected = []
     stop = threading.Event()
 
     def reader(index):
         ws = websocket.create_connection(ws_url, timeout=2)
+        connected.append(index)
         try:
             while not stop.is_set():
                 try:
@@ -236,7 +238,7 @@ def test_websocket_crowd_does_not_hurt_downloads(make_daemon, fake):
     threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(20)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
+    wait_for(lambda: len(connected) == 20, timeout=20, message="20 WebSocket readers connected")
     items = []
     for number in range(100):
         blob = fake.add_blob(f"crowd-{number}.bin", size=30_000 + number)
