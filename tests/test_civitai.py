@@ -202,11 +202,11 @@ def test_browser_style_login_redirect_is_a_clear_failure(fake, make_daemon):
 
 
 def test_early_access_parks_then_downloads_by_itself(fake, make_daemon):
+    d = make_daemon()  # started first: a slow start under load must not eat the early-access window
     until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=4)
     stamp = until.strftime("%Y-%m-%dT%H:%M:%S.") + f"{until.microsecond // 1000:03d}Z"
     fake.add_model(91, "Fresh LoRA", "LORA")
     info = fake.add_version(91, 910, "v1", size=90_000, early_access_until=stamp)
-    d = make_daemon()
     d.drop("ea.json", {"modelVersionId": 910})
     row = wait_for(lambda: (x := d.get("/api/downloads").json()["items"]) and x[0]["not_before"] and x[0],
                    10, message="parked download")
