@@ -14,6 +14,7 @@ import requests
 from . import http
 from .errors import TOKEN_HELP, EarlyAccess, PermanentError, TransientError
 from .filenames import CIVITAI_HOSTS, civitai_ids, sanitize_filename
+from .redact import scrub
 
 log = logging.getLogger("daemon.civitai")
 
@@ -248,7 +249,8 @@ class Resolver:
         if until:
             raise EarlyAccess(f"version {version_id} is in early access until {until.isoformat()}; "
                               "the daemon waits and downloads it then", until)
-        fields["civitai_info"] = json.dumps(version, separators=(",", ":"))
+        # Scrubbed before it is stored: the database and the .civitai.info sidecar never hold a URL's token.
+        fields["civitai_info"] = json.dumps(scrub(version), separators=(",", ":"))
         fields["url"] = download_url(self.settings.civitai_base_url, version_id)
         return fields
 

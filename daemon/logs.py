@@ -5,17 +5,10 @@ loggers (urllib3 at DEBUG prints request lines, for example).
 """
 import logging
 import logging.handlers
-import re
 import sys
 from pathlib import Path
 
-_PATTERNS = [
-    re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(bearer\s+)?[^\s'\",}]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"(?i)([?&](?:token|api_?key|key|password|secret|x-amz-signature|x-amz-credential|authorization)=)[^&\s'\"]+"),
-    re.compile(r"(?i)(/bot)\d+:[A-Za-z0-9_-]+"),  # Telegram bot tokens inside API URLs
-]
-MASK = "***"
+from .redact import MASK, redact_text
 
 
 class Redactor(logging.Filter):
@@ -28,9 +21,7 @@ class Redactor(logging.Filter):
     def redact(self, text):
         for secret in self.secrets:
             text = text.replace(secret, MASK)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: m.group(1) + MASK, text)
-        return text
+        return redact_text(text)
 
     def filter(self, record):
         if getattr(record, "_redacted", False):  # already done by the first handler

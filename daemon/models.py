@@ -116,6 +116,8 @@ class ManifestRecord(BaseModel):
 class Download(BaseModel):
     state = peewee.CharField(default=Status.QUEUED.value, index=True)
     url = peewee.TextField(null=True)           # secrets removed
+    url_secret = peewee.TextField(null=True)    # the removed secret part, sealed (redact.Sealer)
+    url_key = peewee.CharField(null=True, index=True)  # keyed hash of the full URL: the dedupe key
     filename = peewee.CharField(null=True)
     subdir = peewee.CharField(null=True)
     path = peewee.TextField(null=True)

@@ -15,7 +15,7 @@ import peewee
 from . import events
 from .errors import InvalidTransition, NotFound
 from .models import Download, ManifestRecord, db, iso, utcnow
-from .redact import redact_url
+from .redact import join_url, redact_text, split_url
 from .states import ENDED, TRANSITIONS, ManifestStatus, Status, check_action, check_transition
 
 log = logging.getLogger("daemon.queue")
@@ -38,9 +38,6 @@ WHERE "id" = (
 RETURNING *"""
 
 
-_ENDED_EVENTS = {Status.COMPLETED.value: events.DOWNLOAD_COMPLETED, Status.FAILED.value: events.DOWNLOAD_FAILED}
-
-
 def _ended_fields(item, now):
     """Row fields for an item that ends at intake (SPEC §13): already present, or unresolvable; else {}."""
     if item.error:
@@ -58,12 +55,11 @@ def _ended_fields(item, now):
 class Queue:
     """Queue operations over the Download table; publishes events on `bus`."""
 
-    def __init__(self, bus, views):
+    def __init__(self, bus, views, sealer):
         self.bus = bus
+        self.sealer = sealer  # seals the secret part of URLs (redact.Sealer)
         self.views = views  # rows → the dicts events carry (daemon.views.Views)
         self.progress = views.progress  # live in-memory progress, id → dict
-        # The original URL (which may carry a token the user put there) lives only in memory.
-        self._private_urls = {}
 
     # -- manifests -------------------------------------------------------
     def create_manifest(self, name, items=0, status=ManifestStatus.PROCESSING, errors=()):
@@ -114,23 +110,27 @@ class Queue:
         with db.connection_context():
             with db.atomic("IMMEDIATE"):
                 next_id = (Download.select(peewee.fn.MAX(Download.id)).scalar() or 0) + 1
-                urls = {item.url: redact_url(item.url) if item.url else None for item in items}
+                # Stored split: the public URL in clear, its secret part sealed; dedupe on the whole URL.
+                urls = {item.url: self._store_url(item.url) for item in items if item.url}
                 by_sha, by_version, by_url = self._twin_index(
                     {i.sha256 for i in items if i.sha256}, {i.version_id for i in items if i.version_id},
-                    {urls[i.url] for i in items if i.url})
+                    {urls[i.url]["url_key"] for i in items if i.url})
                 for item in items:
-                    url = urls[item.url]
-                    # A known hash decides alone: the same version re-uploaded is different content.
+                    stored = urls.get(item.url, {})
+                    key = stored.get("url_key")
+                    # A known hash decides alone against other versions (a re-upload is different content);
+                    # the same URL is the same content unless both name different hashes.
+                    same_url, url_hash = by_url.get(key, (None, None))
                     if item.sha256:
-                        parent = by_sha.get(item.sha256)
+                        found = [by_sha.get(item.sha256), same_url if url_hash in (None, item.sha256) else None]
                     else:
-                        found = [by_version.get(item.version_id), by_url.get(url)]
-                        parent = min((f for f in found if f is not None), default=None)
+                        found = [by_version.get(item.version_id), same_url]
+                    parent = min((f for f in found if f is not None), default=None)
                     ended = _ended_fields(item, now)
                     if ended:
                         parent = None
                     fields = {"state": Status.QUEUED.value, **ended}
-                    row = Download(id=next_id, url=url, filename=item.filename,
+                    row = Download(id=next_id, **stored, filename=item.filename,
                                    subdir=item.subdir, expected_sha256=item.sha256, priority=item.priority,
                                    manifest=manifest.id if manifest else None, manifest_index=item.index,
                                    model_id=item.model_id, version_id=item.version_id, parent=parent,
@@ -139,11 +139,10 @@ class Queue:
                     if parent is None and not ended:
                         if item.sha256:
                             by_sha.setdefault(item.sha256, next_id)
-                        else:
-                            if item.version_id:
-                                by_version.setdefault(item.version_id, next_id)
-                            if url:
-                                by_url.setdefault(url, next_id)
+                        elif item.version_id:
+                            by_version.setdefault(item.version_id, next_id)
+                        if key:
+                            by_url.setdefault(key, (next_id, item.sha256))
                     rows.append((row, item.url))
                     next_id += 1
                 # executemany: peewee's insert_many spends ~0.3 ms of Python per row building SQL.
@@ -154,12 +153,9 @@ class Queue:
                 defaults = {f.name: f.default() if callable(f.default) else f.default for f in fields}
                 db.cursor().executemany(sql, [tuple(f.db_value(r.__data__.get(f.name, defaults[f.name]))
                                                     for f in fields) for r, _ in rows])
-        for row, url in rows:
-            if url and url != row.url:
-                self._private_urls[row.id] = url
         if len(rows) <= 200:
             for row, data in zip([r for r, _ in rows], self.views.downloads([row for row, _ in rows])):
-                self.bus.publish(_ENDED_EVENTS.get(row.state, events.DOWNLOAD_QUEUED), data)
+                self.bus.publish(events.FOR_STATE[Status(row.state)], data)
         else:  # a huge batch: one summary event instead of thousands
             self.bus.publish(events.DOWNLOAD_QUEUED, {"id": rows[0][0].id, "count": len(rows),
                                                  "first_id": rows[0][0].id, "last_id": rows[-1][0].id})
@@ -215,6 +211,8 @@ class Queue:
 
     def _set_state(self, download_id, state, expect=None, event=None, **fields):
         sources = {s for s in Status if state in TRANSITIONS[s] or s == state}
+        if fields.get("error"):  # an error may quote a URL: its password or token never reaches the row
+            fields["error"] = redact_text(fields["error"])
         if expect is not None:
             sources &= set(expect)
         change = (Download.update(state=state.value, **fields)
@@ -234,8 +232,6 @@ class Queue:
         name = event or events.FOR_STATE[state]
         if self.progress is not None and state != Status.DOWNLOADING:
             self.progress.pop(download_id, None)
-        if state == Status.COMPLETED:  # the one state nothing leaves: its URL is never fetched again
-            self._private_urls.pop(download_id, None)
         try:
             data = self.views.download(row)
         except Exception:  # committed already: a broken view must not stop the caller's next steps
@@ -270,7 +266,8 @@ class Queue:
 
     # -- dedupe ----------------------------------------------------------
     def _twin_index(self, shas, versions, urls):
-        """Earliest active, parentless download per SHA256, version id and URL (for enqueue's dedupe)."""
+        """Earliest active, parentless download per SHA256, version id and URL key (for enqueue's dedupe);
+        by URL also its expected hash."""
         active = Download.parent.is_null() & Download.state.in_(ACTIVE)
         by_sha, by_version, by_url = {}, {}, {}
 
@@ -279,21 +276,26 @@ class Queue:
             for start in range(0, len(values), 400):
                 chunk = values[start:start + 400]
                 query = (Download.select(Download.id, Download.expected_sha256, Download.sha256, Download.version_id,
-                                         Download.url).where(active & clause(chunk)).order_by(Download.id.desc()))
+                                         Download.url_key).where(active & clause(chunk)).order_by(Download.id.desc()))
                 for row in query:
-                    for target, key in keys(row):
+                    for target, key, value in keys(row):
                         if key in chunk:
-                            target[key] = row.id  # descending ids: the earliest wins
+                            target[key] = value  # descending ids: the earliest wins
 
         lookup(shas, lambda c: Download.expected_sha256.in_(c) | Download.sha256.in_(c),
-               lambda r: [(by_sha, r.expected_sha256), (by_sha, r.sha256)])
-        lookup(versions, lambda c: Download.version_id.in_(c), lambda r: [(by_version, r.version_id)])
-        lookup(urls, lambda c: Download.url.in_(c), lambda r: [(by_url, r.url)])
+               lambda r: [(by_sha, r.expected_sha256, r.id), (by_sha, r.sha256, r.id)])
+        lookup(versions, lambda c: Download.version_id.in_(c), lambda r: [(by_version, r.version_id, r.id)])
+        lookup(urls, lambda c: Download.url_key.in_(c), lambda r: [(by_url, r.url_key, (r.id, r.expected_sha256))])
         return by_sha, by_version, by_url
 
+    def _store_url(self, url):
+        """The columns of a URL: public part, sealed secret part, dedupe key."""
+        public, secret = split_url(url)
+        return {"url": public, "url_secret": self.sealer.seal(secret), "url_key": self.sealer.url_key(url)}
+
     def private_url(self, row):
-        """The URL to fetch for a download: the original (with its query) when still in memory."""
-        return self._private_urls.get(row.id, row.url)
+        """The URL to fetch for a download: the public part joined with its unsealed secret part."""
+        return join_url(row.url, self.sealer.open(row.url_secret))
 
     # -- queries ---------------------------------------------------------
     def get(self, download_id):

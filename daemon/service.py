@@ -35,6 +35,7 @@ from .library.scan import Scanner
 from .notify import Notifier
 from .progress import Progress
 from .queue import Queue
+from .redact import Sealer
 from .spool import Spool
 from .states import ACTION_SOURCES, ACTIONS, Status
 from .throttle import Throttle
@@ -96,7 +97,7 @@ def build_core(settings, sleep=None):
     """The parts that carry a download from the queue to disk, without the web side or threads started
     (the daemon runs them; the in-process tests call `pool.step()` on them directly)."""
     core = types.SimpleNamespace(bus=Bus(), progress=Progress())
-    core.queue = Queue(core.bus, Views(core.progress))
+    core.queue = Queue(core.bus, Views(core.progress), Sealer.for_database(settings.database))
     core.api_stop = threading.Event()  # ends the Civitai client's retry waits at shutdown
     core.client = CivitaiClient(settings, core.api_stop)
     core.intake = Intake(settings, core.client)  # manifests, ComfyUI workflows, generated PNGs (SPEC §13)

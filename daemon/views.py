@@ -3,7 +3,6 @@ import json
 
 from .civitai import preview_image
 from .models import ManifestRecord, db, iso
-from .redact import redact_url
 from .sidecars import find_preview
 from .states import Status
 
@@ -24,17 +23,6 @@ def nsfw_level(civitai_info):
     info = stored_info(civitai_info)
     level = preview_image(info)[1] if info else None
     return level if isinstance(level, int) and not isinstance(level, bool) else None
-
-
-def scrub(node):
-    """A copy of stored Civitai JSON with token-like query parameters and user:pass@ removed from URLs."""
-    if isinstance(node, dict):
-        return {key: scrub(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [scrub(value) for value in node]
-    if isinstance(node, str) and node[:8].lower().startswith(("http://", "https://")):
-        return redact_url(node)
-    return node
 
 
 def download_dict(row, progress=None, manifest=None):

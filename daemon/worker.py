@@ -310,6 +310,8 @@ class WorkerPool:
             return Outcome.failed(f"same file as download {parent.id}, which failed: {parent.error}")
         if parent.state != Status.COMPLETED.value or not parent.path or not os.path.exists(parent.path):
             return Outcome.requeue("its twin is gone: downloading it on its own", parent=None)
+        if row.expected_sha256 and parent.sha256 != row.expected_sha256:  # same URL, other content: fetch it
+            return Outcome.requeue(f"download {parent.id} got other content; downloading it on its own", parent=None)
         target = self._place(row, Path(parent.path), parent.model_type)
         if isinstance(target, Outcome):
             return target

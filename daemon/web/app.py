@@ -21,7 +21,8 @@ from ..errors import InvalidTransition, ManifestError, NotFound
 from ..manifest import parse_items
 from ..sidecars import find_preview
 from ..states import ACTIONS, Status
-from ..views import scrub, stored_info
+from ..redact import scrub
+from ..views import stored_info
 from . import openapi
 from .jsonrpc import JsonRpcEndpoint
 
