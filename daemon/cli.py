@@ -35,6 +35,9 @@ def build_parser():
         action = sub.add_parser(name, parents=[common], help=f"{name} a download")
         action.add_argument("id", type=_download_id, help="download id")
     sub.add_parser("check-updates", parents=[common], help="run the model update check now")
+    update_all = sub.add_parser("update-all", parents=[common], help="apply every pending update (not base-model "
+                                                                    "changes) under each model's policy")
+    update_all.add_argument("--replace", action="store_true", help="replace the old files (moved to .replaced/)")
     scan = sub.add_parser("scan", parents=[common], help="scan the library (or join the running scan) and "
                                                          "show its progress")
     scan.add_argument("paths", nargs="*", metavar="PATH", help="folders or files under library.roots (default: all)")

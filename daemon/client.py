@@ -271,7 +271,22 @@ def cmd_check_updates(client, args, as_json):
     return None
 
 
+def cmd_update_all(client, args, as_json):
+    body = {"all": True}
+    if args.replace:
+        body["mode"] = "replace"
+    data = client.call("POST", "/api/updates/apply", body=body)
+    if as_json:
+        return data
+    ids = data.get("ids") or []
+    print(f"{len(ids)} update(s) queued" + (f": downloads {', '.join(map(str, ids))}" if ids else ""))
+    for skipped in data.get("skipped") or []:
+        print(f"update {skipped.get('id')} not applied: {skipped.get('reason')}", file=sys.stderr)
+    return None
+
+
 COMMANDS = {
+    "update-all": cmd_update_all,
     "scan": cmd_scan,
     "status": cmd_status,
     "list": cmd_list,

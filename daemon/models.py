@@ -163,8 +163,18 @@ class ModelUpdate(BaseModel):
     sha256 = peewee.CharField(null=True)
     reason = peewee.CharField(default="new version")
     detected_at = peewee.DateTimeField(default=utcnow)
-    state = peewee.CharField(default="new")      # new | queued | dismissed
+    state = peewee.CharField(default="pending")  # states.UpdateState
     download = peewee.ForeignKeyField(Download, null=True, on_delete="SET NULL")
+    not_before = peewee.DateTimeField(null=True)          # when a waiting update can start
+    base_model = peewee.CharField(null=True)
+    previous_base_model = peewee.CharField(null=True)
+    size = peewee.BigIntegerField(null=True)              # the new file's bytes (API size)
+    previous_path = peewee.TextField(null=True)           # the file the update replaces (replace mode)
+    subdir = peewee.TextField(null=True)                  # where the new version goes
+    filename = peewee.CharField(null=True)
+    mode = peewee.CharField(null=True)                    # alongside | replace, once applied
+    replace_state = peewee.CharField(null=True)           # null | moving | done (intent recorded first)
+    replaced_to = peewee.TextField(null=True)             # where the old file went in .replaced/
 
     class Meta:
         table_name = "updates"

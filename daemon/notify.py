@@ -80,6 +80,11 @@ def telegram_text(event):
             lines.append("The same version was re-uploaded with a new file.")
         if data.get("download_id"):
             lines.append(f"Downloading it (download {data['download_id']}).")
+    elif event.name == ev.UPDATES_SUMMARY:
+        skipped = data.get("skipped") or {}
+        lines = [f"🔎 Update check: {data.get('found', 0)} update(s) found",
+                 f"{data.get('applied', 0)} downloading, {data.get('waiting', 0)} waiting for early access"]
+        lines += [f"• {n} not applied: {why}" for why, n in sorted(skipped.items())]
     else:
         lines = [f"{event.name}: {title or data.get('filename') or data.get('id') or ''}".rstrip(": ")]
     return "\n".join(line for line in lines if line)

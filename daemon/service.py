@@ -32,6 +32,7 @@ from .fetch import Fetcher
 from .http import civitai_origins
 from .intake import Intake
 from .library.scan import Scanner
+from .replace import Replacer
 from .notify import Notifier
 from .progress import Progress
 from .queue import Queue
@@ -133,6 +134,7 @@ class Daemon:
         self.notifier = Notifier(s, self.bus)
         self.updates = UpdateChecker(s, self.client, self.queue, self.bus)
         self.library = Scanner(s, self.client, self.bus)
+        self.replacer = Replacer(s, self.bus)
         if s.library["rescan"] == "daily":
             self.updates.before_scheduled = self.library.run_blocking  # not before an on-demand check
         self.feed = Feed(self.bus, self.progress)
@@ -175,6 +177,9 @@ class Daemon:
         self.feed.start()
         self.updates.start()
         self.library.recover()
+        settled = self.replacer.recover()
+        if settled:
+            log.info("finished %d update(s) whose download ended while the daemon was down", settled)
         if s.library["scan_on_start"]:
             self.library.start()
         self.server.start()

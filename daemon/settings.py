@@ -14,6 +14,7 @@ from ruamel.yaml.error import YAMLError
 
 from . import events
 from .errors import ConfigError
+from .states import POLICIES
 
 DEFAULT_TYPE_DIRS = {
     "Checkpoint": "Stable-diffusion",
@@ -29,8 +30,9 @@ DEFAULT_TYPE_DIRS = {
     "Other": "Other",
 }
 
+# One summary per update check instead of one message per update (SPEC §11).
 DEFAULT_TELEGRAM_EVENTS = [events.DOWNLOAD_COMPLETED, events.DOWNLOAD_FAILED, events.MANIFEST_FAILED,
-                           events.MODEL_UPDATE]
+                           events.UPDATES_SUMMARY]
 EVENT_NAMES = events.NOTIFIABLE
 DEFAULT_LIBRARY_EXTENSIONS = [".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft"]
 
@@ -141,6 +143,12 @@ def _rpc_dir_map(value):
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _policy(value):
+    if value not in POLICIES:
+        raise ValueError(f"expected one of {', '.join(POLICIES)}")
+    return value
+
+
 def _roots(value):
     if value is None:
         return None
@@ -219,8 +227,9 @@ SETTINGS = [
     Setting("sidecars", True, _bool, "write <stem>.civitai.info and <stem>.preview.<ext> beside Civitai files"),
     Setting("rpc_dir_map", {"/models": "."}, _rpc_dir_map,
             "aria2 JSON-RPC: the dir a client sends → a folder inside download_dir (relative to it; . = itself)"),
-    Setting("update_check", {"enabled": True, "time": "04:00", "auto_download": True}, None,
-            "daily check for new model versions: enabled, time (\"HH:MM\", local), auto_download"),
+    Setting("update_check", {"enabled": True, "time": "04:00", "auto_download": True, "policy": "alongside"}, None,
+            "daily check for new model versions: enabled, time (\"HH:MM\", local), auto_download, "
+            "policy (notify|alongside|replace)"),
     Setting("library", {"roots": None, "extensions": DEFAULT_LIBRARY_EXTENSIONS, "scan_on_start": True,
                         "rescan": "daily", "hash_threads": None}, None,
             "the models you already have: roots (null = [download_dir]), extensions, scan_on_start, "
@@ -229,7 +238,7 @@ SETTINGS = [
 
 NESTED = {
     "telegram": {"bot_token": _opt_str, "chat_id": _chat_id, "events": _events},
-    "update_check": {"enabled": _bool, "time": _time, "auto_download": _bool},
+    "update_check": {"enabled": _bool, "time": _time, "auto_download": _bool, "policy": _policy},
     "library": {"roots": _roots, "extensions": _extensions, "scan_on_start": _bool, "rescan": _rescan,
                 "hash_threads": _threads},
 }

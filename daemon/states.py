@@ -27,6 +27,25 @@ class ManifestStatus(str, enum.Enum):
         return self.value
 
 
+class UpdateState(str, enum.Enum):
+    """The state of one detected model update (SPEC §11)."""
+    PENDING = "pending"    # recorded; waits for an explicit apply (notify policy, base model changed)
+    WAITING = "waiting"    # early or paid access with an end date (not_before)
+    PAID = "paid"          # permanent paid access: never enqueued
+    QUEUED = "queued"      # its download is in the queue
+    APPLIED = "applied"    # the new file is in place (and the old one moved, with replace)
+    IGNORED = "ignored"    # the model's policy is ignore
+    FAILED = "failed"      # its download failed
+
+    def __str__(self):
+        return self.value
+
+
+POLICIES = ("notify", "alongside", "replace")          # update_check.policy
+MODEL_POLICIES = POLICIES + ("ignore",)                # per-model overrides
+APPLY_MODES = ("alongside", "replace")
+
+
 ENDED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
 TRANSITIONS = {

@@ -11,11 +11,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from . import events, sidecars
+from .update_policy import Applier, classify, overrides, policy_for, update_dict
 from .civitai import NotOnCivitai, file_sha256, newest_version, parse_time, primary_file
 from .errors import DaemonError
 from .manifest import Item
 from .models import Download, LibraryEntry, ModelUpdate, db, iso
-from .states import Status
+from .states import Status, UpdateState
 
 log = logging.getLogger("daemon.updates")
 
@@ -38,6 +39,7 @@ class UpdateChecker:
         self._last = None
         self.scheduler = None
         self.before_scheduled = None  # e.g. the library rescan (library.rescan: daily)
+        self.applier = Applier(queue, self.config)
 
     def start(self):
         if not self.config.get("enabled"):
@@ -67,15 +69,19 @@ class UpdateChecker:
             log.exception("scheduled update check failed")
 
     # -- queries ---------------------------------------------------------------
-    def list(self, limit=50, offset=0):
+    def list(self, limit=50, offset=0, state=None):
         with db.connection_context():
             query = ModelUpdate.select()
+            if state:
+                query = query.where(ModelUpdate.state == state)
             total = query.count()
             rows = list(query.order_by(ModelUpdate.id.desc()).limit(limit).offset(offset))
-        return [{"id": r.id, "modelId": r.model_id, "modelVersionId": r.version_id, "model_name": r.model_name,
-                 "version_name": r.version_name, "previous_version_id": r.previous_version_id,
-                 "reason": r.reason, "sha256": r.sha256, "detected_at": iso(r.detected_at), "state": r.state,
-                 "download_id": r.download_id} for r in rows], total
+        policies = overrides({r.model_id for r in rows})
+        return [update_dict(r, policies.get(r.model_id)) for r in rows], total
+
+    def apply(self, ids=None, everything=False, mode=None):
+        """Enqueue chosen updates (POST /api/updates/apply); see update_policy.Applier."""
+        return self.applier.apply(ids, everything, mode)
 
     # -- the check ---------------------------------------------------------------
     def _pace(self):
@@ -142,6 +148,7 @@ class UpdateChecker:
         models = self._fetch_models(sorted(by_model), problems)
         found = []
         checked = 0
+        self._tally = {"applied": 0, "waiting": 0, "skipped": {}}
         for model_id, model in models.items():
             try:
                 update = self._compare(model, by_model[model_id])
@@ -159,7 +166,10 @@ class UpdateChecker:
             log.warning("update check: %s", problem)
         log.info("update check: %d model(s) checked, %d update(s), %d problem(s) in %.1f s",
                  checked, len(found), len(problems), time.monotonic() - started)
-        return {"checked": checked, "updates": found, "problems": problems,
+        summary = {"checked": checked, "found": len(found), "applied": self._tally["applied"],
+                   "waiting": self._tally["waiting"], "skipped": self._tally["skipped"], "problems": len(problems)}
+        self.bus.publish(events.UPDATES_SUMMARY, summary)
+        return {"checked": checked, "updates": found, "problems": problems, "summary": summary,
                 "duration": round(time.monotonic() - started, 2)}
 
     def _compare(self, model, rows):
@@ -190,28 +200,48 @@ class UpdateChecker:
         else:
             reason, previous = "new version", latest_row
         with db.connection_context():
-            if ModelUpdate.select().where((ModelUpdate.model_id == model["id"])
-                                          & (ModelUpdate.version_id == newest["id"])
-                                          & (ModelUpdate.sha256 == new_sha)).exists():
+            known = ModelUpdate.get_or_none((ModelUpdate.model_id == model["id"])
+                                            & (ModelUpdate.version_id == newest["id"])
+                                            & (ModelUpdate.sha256 == new_sha))
+        policy = policy_for(model["id"], self.config)
+        state, why, not_before = classify(newest, previous.base_model, policy)
+        if known is not None:
+            # Seen before: only a waiting one whose date has come moves on (to pending, or queued by policy).
+            if known.state != UpdateState.WAITING.value or state == UpdateState.WAITING:
                 return None
-            record = ModelUpdate.create(model_id=model["id"], version_id=newest["id"], model_name=model.get("name"),
-                                        version_name=newest.get("name"), previous_version_id=previous.version_id,
-                                        sha256=new_sha, reason=reason)
-        log.warning("upgrade: model %s '%s': version %s → %s (%s)", model["id"], model.get("name"),
-                    previous.version_id, newest["id"], reason)
-        data = {"modelId": model["id"], "modelVersionId": newest["id"], "model_name": model.get("name"),
-                "version_name": newest.get("name"), "previous_version_id": previous.version_id, "reason": reason}
-        if self.config.get("auto_download"):
+            record = known
+            with db.connection_context():
+                ModelUpdate.update(state=UpdateState.PENDING.value, not_before=None,
+                                   reason=why or known.reason).where(ModelUpdate.id == known.id).execute()
+        else:
             filename = None
             if reason == "re-uploaded" and previous.filename:  # never overwrite the old file
                 stem, dot, ext = previous.filename.rpartition(".")
                 filename = f"{stem or ext}-{(new_sha or 'new')[:8]}{dot}{ext if stem else ''}"
-            item = Item(index=0, version_id=newest["id"], model_id=model["id"], sha256=new_sha, filename=filename,
-                        subdir=previous.subdir if previous.subdir is not None else _subdir_of(previous, self.settings))
-            ids = self.queue.enqueue([item])
+            size = round(file["sizeKB"] * 1024) if isinstance((file or {}).get("sizeKB"), (int, float)) else None
             with db.connection_context():
-                ModelUpdate.update(state="queued", download=ids[0]).where(ModelUpdate.id == record.id).execute()
-            data["download_id"] = ids[0]
+                record = ModelUpdate.create(
+                    model_id=model["id"], version_id=newest["id"], model_name=model.get("name"),
+                    version_name=newest.get("name"), previous_version_id=previous.version_id, sha256=new_sha,
+                    reason=why or reason, not_before=not_before, base_model=newest.get("baseModel"),
+                    previous_base_model=previous.base_model, size=size, previous_path=previous.path,
+                    subdir=previous.subdir if previous.subdir is not None else _subdir_of(previous, self.settings),
+                    filename=filename,
+                    state=UpdateState.PENDING.value if state == UpdateState.QUEUED else state.value)
+        log.warning("upgrade: model %s '%s': version %s → %s (%s; %s)", model["id"], model.get("name"),
+                    previous.version_id, newest["id"], why or reason, state.value)
+        data = {"id": record.id, "modelId": model["id"], "modelVersionId": newest["id"],
+                "model_name": model.get("name"), "version_name": newest.get("name"),
+                "previous_version_id": previous.version_id, "reason": why or reason, "state": state.value,
+                "not_before": iso(not_before)}
+        if state == UpdateState.QUEUED:
+            data["download_id"] = self.applier.enqueue(record, policy)
+            self._tally["applied"] += 1
+        elif state == UpdateState.WAITING:
+            self._tally["waiting"] += 1
+        else:
+            key = why or {"ignored": "ignored", "pending": "notify"}.get(state.value, state.value)
+            self._tally["skipped"][key] = self._tally["skipped"].get(key, 0) + 1
         self.bus.publish(events.MODEL_UPDATE, data)
         return data
 
@@ -241,7 +271,7 @@ class _Adopted:
         self.id = None  # sorts below any download of the same version
         self.version_id, self.model_id, self.sha256 = entry.version_id, entry.model_id, entry.sha256
         self.path, self.filename, self.subdir = entry.path, Path(entry.path).name, None
-        self.civitai_info = entry.civitai_info
+        self.civitai_info, self.base_model = entry.civitai_info, entry.base_model
 
 
 def version_time(version):
@@ -249,10 +279,10 @@ def version_time(version):
 
 
 def _subdir_of(row, settings):
-    """The folder of an earlier download, relative to download_dir."""
+    """The folder of an earlier file: relative to download_dir, else absolute (a library root's folder)."""
     if not row.path:
         return None
     try:
         return str(Path(row.path).parent.relative_to(settings.download_dir)) or ""
     except ValueError:
-        return None
+        return str(Path(row.path).parent)

@@ -42,6 +42,7 @@ class WorkerPool:
         self.spool = spool
         self.progress = progress
         self.download_dir = Path(settings.download_dir).resolve()
+        self.library_roots = [Path(root).resolve() for root in settings.library["roots"]]
         self.stopping = threading.Event()
         self._wake = threading.Condition()
         self._wake_flag = False
@@ -176,7 +177,10 @@ class WorkerPool:
             folder = (self.download_dir / (subdir or "")).resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop raises RuntimeError
             raise PermanentError(f"the folder {subdir!r} cannot be used ({exc}); choose another subdir") from None
-        if folder != self.download_dir and self.download_dir not in folder.parents:
+        # Updates of adopted files go beside them, in a library root; manifests cannot name one
+        # (their subdir is relative, without ..), so only a symlink could lead elsewhere.
+        allowed = [self.download_dir, *self.library_roots]
+        if not any(folder == root or root in folder.parents for root in allowed):
             raise PermanentError(f"the folder {subdir!r} leads outside download_dir (a symlink?); "
                                  "choose another subdir")
         return folder

@@ -411,7 +411,7 @@ class FakeCivitai:
                     image_nsfw_level: int = 1, trained_words: tuple | list = ("trigger",),
                     hash_override: str | None = None, file_id: int | None = None,
                     hashes_pending: bool = False, published: bool = True,
-                    description: str | None = "<p>Version notes.</p>") -> dict:
+                    description: str | None = "<p>Version notes.</p>", paid_permanent: bool = False) -> dict:
         """Add a version with one primary file; it goes first in modelVersions. Returns sha256/size/filename."""
         with self._lock:
             model = self._models[model_id]
@@ -430,7 +430,7 @@ class FakeCivitai:
             "downloads_disabled": downloads_disabled, "archived": archived, "deleted": deleted,
             "image_nsfw_level": image_nsfw_level, "trained_words": list(trained_words),
             "hash_override": hash_override, "hashes_pending": hashes_pending, "published": published,
-            "description": description,
+            "description": description, "paid_permanent": paid_permanent,
             "key": f"model/{model_id}/{(Path(filename).stem.lower() or 'file')[:40]}."
                    f"{hashlib.sha256(str(version_id).encode()).hexdigest()[:4]}{Path(filename).suffix}",
         }
@@ -607,6 +607,8 @@ class FakeCivitai:
                 if gated:
                     vj["earlyAccessDeadline"] = v["early_access_until"]
                     vj["paidAccess"] = {"permanent": False, "endsAt": v["early_access_until"]}
+                elif v.get("paid_permanent"):
+                    vj["paidAccess"] = {"permanent": True}
                 if for_list:
                     del vj["createdAt"], vj["status"]
                 versions.append(remove_empty(vj))
@@ -645,7 +647,8 @@ class FakeCivitai:
                 "trainingStatus": None, "trainingDetails": None, "baseModel": v["base_model"],
                 "baseModelType": "Standard", "description": v["description"], "uploadType": "Created",
                 "usageControl": "Generation" if v["downloads_disabled"] else "Download", "licensingFee": None,
-                "paidAccess": {"permanent": False, "endsAt": v["early_access_until"]} if gated else None,
+                "paidAccess": ({"permanent": False, "endsAt": v["early_access_until"]} if gated
+                               else {"permanent": True} if v.get("paid_permanent") else None),
                 "air": f"urn:air:{eco}:{atype}:civitai:{m['id']}@{v['id']}",
                 "stats": {"downloadCount": 100 + v["id"] % 1000, "thumbsUpCount": 10},
                 "model": model,

@@ -75,7 +75,7 @@ def test_auto_download_off_only_records(fake, make_daemon):
     fake.add_version(62, 621, "v2", size=70_000)
     summary = d.post("/api/updates/check").json()
     assert [u["modelVersionId"] for u in summary["updates"]] == [621]
-    assert d.get("/api/updates").json()["items"][0]["state"] == "new"
+    assert d.get("/api/updates").json()["items"][0]["state"] == "pending"
     assert d.get("/api/downloads").json()["total"] == 1
 
 

@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import InvalidTransition, ManifestError, NotFound
 from ..manifest import parse_items
 from ..sidecars import find_preview
-from ..states import ACTIONS, Status
+from ..states import ACTIONS, Status, UpdateState
 from ..redact import scrub
 from ..views import stored_info
 from . import openapi
@@ -32,6 +32,7 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY = 32 << 20
 MAX_LIMIT = 1000
 STATES = [s.value for s in Status]
+UPDATE_STATES = [s.value for s in UpdateState]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PREVIEW_TYPES = {".png": "image/png", ".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".webp": "image/webp",
                  ".gif": "image/gif"}
@@ -423,7 +424,10 @@ class WebApp:
         limit, offset = self._page()
         if self.updates is None:
             return self._json({"items": [], "total": 0, "limit": limit, "offset": offset})
-        items, total = _db(self.updates.list, limit=limit, offset=offset)
+        state = bottle.request.query.get("state") or None
+        if state is not None and state not in UPDATE_STATES:
+            raise ApiError(400, f"state must be one of {', '.join(UPDATE_STATES)}, got {state[:40]!r}")
+        items, total = _db(self.updates.list, limit=limit, offset=offset, state=state)
         return self._json({"items": items, "total": total, "limit": limit, "offset": offset})
 
     def api_updates_check(self):

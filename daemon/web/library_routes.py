@@ -1,14 +1,15 @@
 """The library's routes (SPEC §10): entries, previews from disk, the scan."""
 import bottle
 
+from .. import update_policy
 from ..library import store
 from ..sidecars import find_preview
 from .app import MAX_LIMIT, PREVIEW_TYPES, ApiError, _db, _decode, _digits, _int_param, _read_body
 
 
-def _id(raw):
+def _id(raw, what="library entry id"):
     if not _digits(raw) or len(raw) > 18 or int(raw) == 0:
-        raise ApiError(400, f"library entry id must be a positive integer, got {raw[:40]!r}")
+        raise ApiError(400, f"{what} must be a positive integer, got {raw[:40]!r}")
     return int(raw)
 
 
@@ -64,9 +65,37 @@ def install(web, scanner):
                               "scan": scan_id}, 409)
         return web._json({"scan": scan_id}, 202)
 
+    def set_policy(model_id):
+        body = _decode(_read_body())
+        if not isinstance(body, dict) or "policy" not in body:
+            raise ApiError(400, 'body must be {"policy": "notify" | "alongside" | "replace" | "ignore" | null}')
+        try:
+            policy = _db(update_policy.set_policy, _id(model_id, "model id"), body["policy"])
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return web._json({"modelId": int(model_id), "policy": policy})
+
+    def apply_updates():
+        body = _decode(_read_body())
+        if not isinstance(body, dict):
+            raise ApiError(400, 'body must be {"ids": [update ids]} or {"all": true}, with an optional "mode"')
+        ids, everything, mode = body.get("ids"), body.get("all") is True, body.get("mode")
+        if not everything and (not isinstance(ids, list) or not ids
+                               or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)):
+            raise ApiError(400, 'send {"ids": [update ids]} (positive integers) or {"all": true}')
+        if web.updates is None:
+            raise ApiError(503, "the update checker is not running")
+        try:
+            result = _db(web.updates.apply, None if everything else ids, everything, mode)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return web._json(result, 202)
+
     get("/api/library", listing)
     get("/api/library/scan", scan_status)
     post("/api/library/scan", scan_start)
     get("/api/library/<entry_id>", one)
     # <img> tags cannot send headers: this read-only route also takes ?token=, like the downloads' one.
     app.route("/api/library/<entry_id>/preview", "GET", web._guard(preview, query_token=True))
+    app.route("/api/library/models/<model_id>/policy", "PUT", web._guard(set_policy, write=True))
+    post("/api/updates/apply", apply_updates)

@@ -5,7 +5,7 @@ schemas mirror the manifest validation of SPEC §5, which rejects unknown fields
 """
 from ..manifest import ITEM_FIELDS, MAX_ITEMS, MAX_NAME_BYTES, MAX_PRIORITY
 from ..events import CATALOGUE
-from ..states import ACTIONS, ManifestStatus, Status
+from ..states import ACTIONS, ManifestStatus, Status, UpdateState
 
 STATES = [s.value for s in Status]
 MAX_ID = 2**31 - 1
@@ -124,10 +124,13 @@ MANIFEST = _obj({
 
 UPDATE = _obj({
     "id": INT, "modelId": INT, "modelVersionId": INT, "model_name": _nullable(STR), "version_name": _nullable(STR),
-    "previous_version_id": _nullable(INT), "detected_at": _nullable(TIME), "state": STR, "reason": _nullable(STR),
-    "sha256": _nullable(STR), "download_id": _nullable(INT),
-}, required=["modelId", "modelVersionId", "model_name", "version_name", "previous_version_id", "detected_at",
-             "state"])
+    "previous_version_id": _nullable(INT), "detected_at": _nullable(TIME),
+    "state": {"type": "string", "enum": [s.value for s in UpdateState]}, "reason": _nullable(STR),
+    "sha256": _nullable(STR), "download_id": _nullable(INT), "not_before": _nullable(TIME),
+    "base_model": _nullable(STR), "previous_base_model": _nullable(STR), "size": _nullable(INT),
+    "mode": _nullable(STR), "policy": _nullable(STR), "replaced_to": _nullable(STR),
+}, required=["id", "modelId", "modelVersionId", "model_name", "version_name", "previous_version_id", "detected_at",
+             "state", "reason", "not_before"])
 
 CHECK = _obj({"checked": INT, "updates": {"type": "array", "items": {"type": "object"}},
               "problems": {"type": "array", "items": STR}, "duration": NUM}, required=["checked", "updates"])

@@ -1,5 +1,7 @@
 """The library's part of the OpenAPI document (SPEC §10): entries and the scan."""
-from .openapi import INT, LIMIT, OFFSET, STR, _error, _get, _json_body, _nullable, _obj, _page, _post, _ref
+from ..states import APPLY_MODES, MODEL_POLICIES
+from .openapi import (ERR_400, ERR_401, ERR_403, INT, JSON, LIMIT, OFFSET, STR, _error, _get, _json_body, _nullable,
+                      _obj, _page, _post, _ref)
 
 ENTRY_ID = {"name": "entry_id", "in": "path", "required": True,
             "schema": {"type": "integer", "minimum": 1}, "description": "library entry id"}
@@ -58,6 +60,25 @@ def paths():
             params=[ENTRY_ID, {"name": "token", "in": "query", "required": False, "schema": STR,
                                "description": "api_token or viewer_token, for <img> tags"}],
             op_id="getLibraryPreview", extra=not_found)},
+        "/api/library/models/{model_id}/policy": {"put": {
+            "summary": "set a model's update policy override (null: back to update_check.policy)",
+            "operationId": "setModelPolicy",
+            "parameters": [{"name": "model_id", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 1}, "description": "Civitai model id"}],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _obj(
+                {"policy": _nullable({"type": "string", "enum": list(MODEL_POLICIES)})}, required=["policy"])}}},
+            "responses": {"200": _json_body(_obj({"modelId": INT, "policy": _nullable(STR)}), "stored"),
+                          "400": ERR_400, "401": ERR_401, "403": ERR_403}}},
+        "/api/updates/apply": {"post": _post(
+            "enqueue chosen updates: ids, or all pending ones except base-model changes",
+            "202", _json_body(_obj({"ids": {"type": "array", "items": INT}, "updates": {"type": "array", "items": INT},
+                                    "skipped": {"type": "array", "items": _obj({"id": INT, "reason": STR})}},
+                                   required=["ids"]), "the download ids"),
+            "applyUpdates", body=_obj({"ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                                       "all": {"type": "boolean"},
+                                       "mode": {"type": "string", "enum": list(APPLY_MODES)}}),
+            extra={"404": _error("no update with one of these ids"),
+                   "503": _error("the update checker is not running")})},
         "/api/library/scan": {
             "get": _get("the running or last library scan ({\"state\": \"idle\"} before the first)",
                         _json_body(_ref("LibraryScan"), "the scan"), op_id="getLibraryScan"),
