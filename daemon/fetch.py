@@ -81,6 +81,7 @@ class Fetcher:
         self.credentials = credentials or http.Credentials().grant(
             civitai, {"Authorization": f"Bearer {self.token}"} if self.token else {})
         self._sessions = http.Sessions()
+        self.huggingface = http.Origins([getattr(settings, "huggingface_base_url", None) or "https://huggingface.co"])
         self.quarantine = Path(settings.download_dir) / ".quarantine"
 
     def _session(self):
@@ -187,6 +188,10 @@ class Fetcher:
         if status == 401 and "disabled downloads" in message:
             raise PermanentError("the creator of this model has disabled downloads of this file; "
                                  "it can only be used on Civitai's site")
+        if status in (401, 403) and url in self.huggingface:
+            raise PermanentError(f"Hugging Face refused the download ({status}: {message or 'unauthorized'}); a "
+                                 "gated or private model needs huggingface_token (or HF_TOKEN) from an account "
+                                 "that accepted the model's terms on its page")
         if status in (401, 403):
             if self.token and status == 403:
                 raise PermanentError(f"Civitai refused the download (403: {message or 'forbidden'}); your token "

@@ -24,7 +24,7 @@ import gevent.socket
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from . import __version__, logs, models, sdnotify, settings as settings_mod
+from . import __version__, http, logs, models, sdnotify, settings as settings_mod
 from .civitai import CivitaiClient, Resolver
 from .errors import ConfigError
 from .events import Bus
@@ -43,6 +43,7 @@ from .throttle import Throttle
 from .updates import UpdateChecker
 from .views import Views
 from .watcher import Watcher
+from .webui import WebUiRefresher
 from .web.app import WebApp
 from .web.feed import Feed
 from .web import prom
@@ -104,7 +105,12 @@ def build_core(settings, sleep=None):
     core.intake = Intake(settings, core.client)  # manifests, ComfyUI workflows, generated PNGs (SPEC §13)
     core.spool = Spool(settings, core.queue, core.bus, parse=core.intake.parse)
     core.throttle = Throttle(settings.throttle)
-    core.fetcher = Fetcher(settings, core.throttle, civitai_origins(settings.civitai_base_url))
+    # Each token only to its own origins (scheme, host, port): never to a storage host a download
+    # redirects to (Civitai's R2, Hugging Face's cdn-lfs), which the fetcher asks for each hop.
+    credentials = http.civitai_credentials(settings.civitai_base_url, settings.civitai_token).grant(
+        http.Origins([settings.huggingface_base_url]),
+        {"Authorization": f"Bearer {settings.huggingface_token}"} if settings.huggingface_token else {})
+    core.fetcher = Fetcher(settings, core.throttle, civitai_origins(settings.civitai_base_url), credentials)
     core.resolver = Resolver(settings, core.client)
     core.pool = WorkerPool(settings, core.queue, core.fetcher, core.resolver, core.spool, core.progress, core.bus,
                            sleep=sleep)
@@ -132,6 +138,7 @@ class Daemon:
         self.client, self.resolver, self.pool, self.intake = core.client, core.resolver, core.pool, core.intake
         self.watcher = Watcher(s.inbox_dir, self.spool, parse=self.intake.parse)
         self.notifier = Notifier(s, self.bus)
+        self.webui = WebUiRefresher(s, self.bus)  # A1111/Forge refresh after downloads (SPEC §13)
         self.updates = UpdateChecker(s, self.client, self.queue, self.bus)
         self.library = Scanner(s, self.client, self.bus)
         self.replacer = Replacer(s, self.bus)
@@ -172,6 +179,7 @@ class Daemon:
             log.info("recovered %d interrupted download(s); they resume from their parts", recovered)
         self.spool.resume()
         self.notifier.start()
+        self.webui.start()
         self.pool.start()
         self.watcher.start()
         self.feed.start()
@@ -230,6 +238,7 @@ class Daemon:
         self.library.stop()
         self.feed.stop()
         self.server.stop(timeout=1)
+        self.webui.stop(timeout=0.5)
         self.notifier.stop(timeout=max(0.5, 8.5 - (time.monotonic() - started)))
         models.db.close()
         log.info("stopped cleanly in %.1f s", time.monotonic() - started)

@@ -173,6 +173,15 @@ def _threads(value):
     return None if value is None else _int(1, 64)(value)
 
 
+def _webui_refresh(value):
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"url"}:
+        raise ValueError("expected null or {\"url\": \"http://127.0.0.1:7860\"} (the A1111/Forge web UI, started "
+                         "with --api)")
+    return {"url": _url(value["url"])}
+
+
 def _events(value):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of event names")
@@ -227,6 +236,11 @@ SETTINGS = [
     Setting("sidecars", True, _bool, "write <stem>.civitai.info and <stem>.preview.<ext> beside Civitai files"),
     Setting("rpc_dir_map", {"/models": "."}, _rpc_dir_map,
             "aria2 JSON-RPC: the dir a client sends → a folder inside download_dir (relative to it; . = itself)"),
+    Setting("webui_refresh", None, _webui_refresh,
+            "A1111/Forge to tell about new files: {url: http://127.0.0.1:7860} (needs --api); null = off"),
+    Setting("huggingface_token", None, _opt_str, "Hugging Face token for gated models (env HF_TOKEN overrides)"),
+    Setting("huggingface_base_url", "https://huggingface.co", _url,
+            "where the Hugging Face token may go (that scheme, host and port only)"),
     Setting("update_check", {"enabled": True, "time": "04:00", "auto_download": True, "policy": "alongside"}, None,
             "daily check for new model versions: enabled, time (\"HH:MM\", local), auto_download, "
             "policy (notify|alongside|replace)"),
@@ -243,7 +257,7 @@ NESTED = {
                 "hash_threads": _threads},
 }
 
-SECRET_KEYS = ("civitai_token", "api_token", "viewer_token", "webhook_secret")
+SECRET_KEYS = ("civitai_token", "api_token", "viewer_token", "webhook_secret", "huggingface_token")
 
 
 class Settings:
@@ -347,9 +361,9 @@ def load(config_path):
             value = (config_path.parent / os.path.expanduser(value)).resolve()
         values[setting.name] = value
     _finish_library(values, config_path)
-    env_token = os.environ.get("CIVITAI_API_TOKEN")
-    if env_token:
-        values["civitai_token"] = env_token
+    for key, env in (("civitai_token", "CIVITAI_API_TOKEN"), ("huggingface_token", "HF_TOKEN")):
+        if os.environ.get(env):
+            values[key] = os.environ[env]
     return Settings(values, config_path)
 
 

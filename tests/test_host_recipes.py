@@ -8,10 +8,9 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from conftest import sha
+from conftest import sha, wait_for
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "host-integration.md").read_text()
-
 
 def block(heading, lang):
     """The first ```lang block of the section whose title starts with `heading`."""
@@ -20,13 +19,11 @@ def block(heading, lang):
     assert found, f"no {lang} block in section {heading}"
     return found.group(1)
 
-
 def run_python(code, **names):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "host-integration.md", "exec"), dict(names))  # noqa: S102 - the documented recipe
     return out.getvalue()
-
 
 def test_comfyui_manager_recipe(make_daemon, fake, monkeypatch):
     config = YAML(typ="safe").load(block("7.", "yaml"))
@@ -40,7 +37,6 @@ def test_comfyui_manager_recipe(make_daemon, fake, monkeypatch):
     landed = daemon.home / "downloads" / "loras" / "my-lora.safetensors"
     assert sha(landed) == blob["sha256"]
 
-
 def test_workflow_drop_recipe(make_daemon, fake):
     daemon = make_daemon()
     blob = fake.add_blob("recipe-base.safetensors", size=5000, safetensors=True)
@@ -49,7 +45,6 @@ def test_workflow_drop_recipe(make_daemon, fake):
     printed = run_python(helpers + "\n" + block("8.", "python"), DAEMON=daemon.home, MODEL_URL=blob["url"])
     assert printed.strip() == "nodes[0].properties.models[0]"
     assert sha(daemon.home / "downloads" / "checkpoints" / "base.safetensors") == blob["sha256"]
-
 
 def test_image_drop_recipe(make_daemon, fake, tmp_path):
     from test_hostfiles import png
@@ -65,3 +60,22 @@ def test_image_drop_recipe(make_daemon, fake, tmp_path):
     result = json.loads(done.stdout)
     assert result["status"] == "done" and result["items"][0]["source"] == "Model hash"
     assert sha(daemon.home / "downloads" / "Stable-diffusion" / base["filename"]) == base["sha256"]
+
+def test_a1111_refresh_recipe(make_daemon, fake):
+    from receivers import Receiver
+    a1111 = Receiver().start()
+    try:
+        config = YAML(typ="safe").load(block("10.", "yaml"))
+        assert config == {"webui_refresh": {"url": "http://127.0.0.1:7860"}}
+        daemon = make_daemon(webui_refresh={"url": a1111.url})
+        fake.add_model(9401, "Recipe LoRA", "LORA")
+        fake.add_version(9401, 94011, "v1", size=2000)
+        daemon.wait_state(daemon.post("/api/download", {"modelVersionId": 94011}).json()["id"], "completed")
+
+        wait_for(lambda: a1111.posts, 30, message="the refresh call")
+        assert [p["path"] for p in a1111.posts] == ["/sdapi/v1/refresh-loras"]
+        by_hand = block("10.", "bash").replace("http://127.0.0.1:7860", a1111.url)
+        assert subprocess.run(["bash", "-euc", by_hand], capture_output=True, timeout=30).returncode == 0
+        assert [p["path"] for p in a1111.posts][1:] == ["/sdapi/v1/refresh-checkpoints", "/sdapi/v1/refresh-loras"]
+    finally:
+        a1111.stop()
