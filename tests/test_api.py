@@ -387,7 +387,9 @@ def test_tokens(tmp_path, shared_fake):
         assert requests.get(url + "/healthz", timeout=5).status_code == 200
         assert requests.get(url + "/gui", timeout=5).status_code == 200
         assert requests.get(url + "/static/client.js", timeout=5).status_code == 200
-        assert requests.get(url + "/metrics", timeout=5).status_code == 200
+        # /metrics follows the API's rules (issue 11 item 20): a read route, so the viewer token will do
+        assert_error(requests.get(url + "/metrics", timeout=5), 401)
+        assert requests.get(url + "/metrics", headers=bearer("just-looking"), timeout=5).status_code == 200
         for path in READS:
             assert_error(requests.get(url + path, timeout=5), 401)
             assert_error(requests.get(url + path, headers=bearer("wrong"), timeout=5), 401)

@@ -292,3 +292,41 @@ def test_cross_site_checks_give_way_to_a_token(make_daemon):
                              headers={**daemon.headers(), "Host": "models.example.org",
                                       "Origin": "https://models.example.org"}, timeout=5)
     assert response.status_code == 202, response.text
+
+
+def test_a_viewer_token_alone_keeps_the_cross_site_protection(make_daemon):
+    """Issue 11 item 5: only the admin token exempts a request from the Origin/Host checks."""
+    viewer = "v" * 32
+    daemon = make_daemon(viewer_token=viewer, log_level="INFO")
+    forged = requests.post(daemon.url + "/api/download", data='{"url": "http://127.0.0.1:9/evil.ckpt"}',
+                           headers={"Content-Type": "text/plain", "Origin": "http://evil.example"}, timeout=5)
+    assert forged.status_code == 403, forged.text
+    rebound = requests.get(daemon.url + "/api/status", headers={"Host": f"evil.example:{daemon.port}"}, timeout=5)
+    assert rebound.status_code == 403, rebound.status_code
+    with_viewer = requests.get(daemon.url + "/api/status", timeout=5, headers={
+        "Host": f"evil.example:{daemon.port}", "Authorization": f"Bearer {viewer}"})
+    assert with_viewer.status_code == 403
+    ws_url = daemon.url.replace("http", "ws") + "/ws/downloads"
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(ws_url, timeout=10, origin="http://evil.example")
+    assert daemon.get("/api/downloads").json()["total"] == 0
+    # The daemon's own page still works.
+    same = requests.post(daemon.url + "/api/download", json={"url": "http://127.0.0.1:9/ok.bin"},
+                         headers={"Origin": f"http://127.0.0.1:{daemon.port}"}, timeout=5)
+    assert same.status_code == 202, same.text
+
+
+def test_prometheus_metrics_follow_the_api_rules(make_daemon):
+    """Issue 11 item 20: /metrics wants the token when api_token is set and passes the Host check; /healthz
+    alone is open."""
+    token = "m" * 32
+    daemon = make_daemon(api_token=token, log_level="INFO")
+    assert requests.get(daemon.url + "/metrics", timeout=5).status_code == 401
+    scraped = requests.get(daemon.url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert scraped.status_code == 200 and "civitai_daemon_downloads" in scraped.text
+    assert requests.get(daemon.url + "/healthz", timeout=5).status_code == 200
+    open_daemon = make_daemon(log_level="INFO")
+    rebound = requests.get(open_daemon.url + "/metrics", headers={"Host": f"evil.example:{open_daemon.port}"},
+                           timeout=5)
+    assert rebound.status_code == 403
+    assert requests.get(open_daemon.url + "/metrics", timeout=5).status_code == 200

@@ -180,7 +180,7 @@ class WebApp:
 
     # -- auth ---------------------------------------------------------------
     def _browser_problem(self, request, write):
-        """Why a request without any token configured looks forged by another web site, or None.
+        """Why a request without the admin token looks forged by another web site, or None.
 
         With no api_token anyone who can reach the port may act, which must not
         include web pages the user visits: a cross-site form can POST text/plain
@@ -188,9 +188,12 @@ class WebApp:
         name at 127.0.0.1. So, tokenless only: a loopback-bound daemon answers
         only requests addressed to a loopback name, and a state change (or the
         live feed) carrying an Origin must come from the daemon's own origin.
-        With a token these checks are moot: pages cannot learn the token.
+        A request carrying the admin token is exempt (pages cannot learn it); every other request — no
+        token, or only the viewer token — is checked, so setting viewer_token alone keeps the protection.
         """
-        if self.settings.api_token or self.settings.viewer_token:
+        admin = self.settings.api_token
+        given = _bearer(request) or request.query.get("token", "")
+        if admin and given and _matches(given, admin):
             return None
         host_header = request.get_header("Host", "")
         host = urlsplit(f"//{host_header}").hostname or ""
@@ -260,7 +263,7 @@ class WebApp:
         app.route("/static/bootstrap/<path:path>", "GET", self.bootstrap_file)
         app.route("/static/<path:path>", "GET", self.static_file)
         app.route("/healthz", "GET", self.healthz)
-        app.route("/metrics", "GET", self.prometheus)
+        get("/metrics", self.prometheus)  # the API's token and Host rules; /healthz alone is open
         get("/api/status", self.api_status)
         post("/api/download", self.api_download)
         post("/api/batch", self.api_batch)
