@@ -77,7 +77,9 @@ class UpdateChecker:
             total = query.count()
             rows = list(query.order_by(ModelUpdate.id.desc()).limit(limit).offset(offset))
         policies = overrides({r.model_id for r in rows})
-        return [update_dict(r, policies.get(r.model_id)) for r in rows], total
+        default = self.config.get("policy", "alongside") if self.config.get("auto_download", True) else "notify"
+        return [dict(update_dict(r, policies.get(r.model_id)), effective_policy=policies.get(r.model_id) or default)
+                for r in rows], total
 
     def apply(self, ids=None, everything=False, mode=None):
         """Enqueue chosen updates (POST /api/updates/apply); see update_policy.Applier."""

@@ -207,7 +207,7 @@ def test_states_and_tabs_come_from_the_page_modules(make_daemon, gui):
     expect(page.locator("#state-filter option")).to_have_count(len(states) + 1)
     assert page.eval_on_selector_all("#state-filter option", "os => os.map(o => o.value)") == ["", *states]
     assert page.eval_on_selector_all("#counts [data-state]", "bs => bs.map(b => b.dataset.state)") == states
-    expect(page.locator("#view-tabs [data-tab]")).to_have_text(["Downloads", "Library"])
+    expect(page.locator("#view-tabs [data-tab]")).to_have_text(["Downloads", "Library", "Updates"])
     expect(page.locator('[data-view="downloads"]')).to_be_visible()
     expect(page.locator('[data-view="library"]')).to_be_hidden()
     assert not view.console_errors, view.console_errors

@@ -28,6 +28,7 @@ import { $, debounce, el, setText } from './dom.js';
 import { formatSpeed, formatUptime } from './format.js';
 import { createHistory } from './history.js';
 import { view as libraryView } from './library.js';
+import { view as updateAllView } from './update_all.js';
 import { createPreviews } from './previews.js';
 import { vocabulary } from './states.js';
 import { createDownloadsTable } from './table.js';
@@ -81,7 +82,7 @@ const downloadsView = {
 };
 
 // Tab order. Other helpers append their views here (see the top of this file).
-const VIEWS = [downloadsView, libraryView];
+const VIEWS = [downloadsView, libraryView, updateAllView];
 
 function followColourScheme() {
   const query = window.matchMedia('(prefers-color-scheme: dark)');
