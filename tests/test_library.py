@@ -324,3 +324,34 @@ def test_library_routes_are_in_the_openapi_document_and_answers_match_it(fake, m
     check("GET", "/api/library/77777", "/api/library/{entry_id}", status=404)
     check("GET", "/api/library?limit=abc", status=400)
     check("POST", "/api/library/scan", status=400, json={"paths": ["/etc"]})
+
+
+def test_a_failed_lookup_is_retried_once_and_never_loses_the_other_results(fake, make_daemon, tmp_path):
+    root = tmp_path / "models"
+    for m in range(1, 6):
+        fake.add_model(m, f"Flaky {m}", "LORA")
+        data = content(f"flaky-{m}")
+        fake.add_version(m, m * 10, "v1", data=data)
+        path = put(root / f"f{m}.safetensors", data)
+        if m <= 2:  # identified by their sidecars: these need only the detail lookup
+            path.with_name(f"f{m}.cm-info.json").write_text(json.dumps(
+                {"ModelId": m, "VersionId": m * 10, "Hashes": {"SHA256": hashlib.sha256(data).hexdigest()}}))
+    d = make_daemon(library={"roots": [str(root)], "scan_on_start": False})
+    fake.clear_requests()
+    fake.faults.api_5xx = 1  # the first call fails once: tried again, all is well
+    first = scan(d)
+    assert first["identified"] == 5 and first["api_calls"] == 3, first
+    assert [r.status for r in fake.requests_to("api", IDS)] == [503, 200]
+
+    for m in range(6, 9):  # three more known by hash only; the lookup of their hashes fails twice
+        fake.add_model(m, f"Flaky {m}", "LORA")
+        fake.add_version(m, m * 10, "v1", data=content(f"flaky-{m}"))
+        put(root / f"f{m}.safetensors", content(f"flaky-{m}"))
+    put(root / "g.safetensors", content("flaky-1"))  # a copy of f1: identified from the library, no call
+    fake.faults.api_5xx = 2
+    second = scan(d)
+    assert second["state"] == "done" and (second["identified"], second["unknown"]) == (6, 3), second
+    assert any("failed twice" in e["error"] for e in second["errors"] if e["path"] is None), second["errors"]
+    # Not recorded as unknown: the next scan asks for them again, and finds them.
+    third = scan(d)
+    assert (third["identified"], third["unknown"], third["api_calls"]) == (9, 0, 2), third

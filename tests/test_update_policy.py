@@ -103,6 +103,10 @@ def test_one_check_records_each_situation_and_apply_all_takes_exactly_the_right_
     assert d.post("/api/updates/apply", {"ids": "all"}).status_code == 400
     assert d.post("/api/updates/apply", {"all": True, "mode": "delete"}).status_code == 400
     d.wait_state(named["ids"][0], {"completed"})
+    # A waiting one applied by id parks in the queue until its date (SPEC §9).
+    parked = d.post("/api/updates/apply", {"ids": [updates[5]["id"]]}).json()["ids"][0]
+    row = wait_for(lambda: (r := d.download(parked))["not_before"] and r, 30, message="parked download")
+    assert row["state"] == "queued" and row["not_before"][:10] == FUTURE[:10] and "early access" in row["error"]
 
     # Nothing the user had was deleted: every original file's bytes still exist somewhere.
     assert before <= contents(root), before - contents(root)
