@@ -237,6 +237,7 @@ class Daemon:
         self.updates.stop()
         self.library.stop()
         self.feed.stop()
+        self.web.jsonrpc.stop()
         self.server.stop(timeout=1)
         self.webui.stop(timeout=0.5)
         self.notifier.stop(timeout=max(0.5, 8.5 - (time.monotonic() - started)))

@@ -237,3 +237,19 @@ def test_a_malformed_png_goes_to_failed_with_the_reason(make_daemon):
     folder, result = daemon.result("plain.png")
     assert folder == "failed" and "no generation metadata" in result["errors"][0]
     assert daemon.get("/healthz").json() == {"ok": True}
+
+
+def test_a_workflow_model_already_downloaded_by_hash_is_linked_not_fetched(make_daemon, fake):
+    blob = fake.add_blob("shared.safetensors", size=6000, safetensors=True)
+    daemon = make_daemon()
+    first = daemon.post("/api/download", {"url": blob["url"], "subdir": "elsewhere"}).json()["id"]
+    daemon.wait_state(first, "completed")
+    fetched = len(fake.requests_to(prefix="/files/shared.safetensors"))
+    workflow = {"nodes": [{"id": 1, "type": "LoraLoader", "mode": 0, "properties": {"models": [
+        {"name": "shared-lora.safetensors", "url": blob["url"] + "?mirror=1", "directory": "loras",
+         "hash": blob["sha256"], "hash_type": "SHA256"}]}}]}
+    daemon.drop("by-hash.json", json.dumps(workflow).encode())
+    folder, result = daemon.result("by-hash.json")
+    assert folder == "done", result
+    assert sha(daemon.home / "downloads" / "loras" / "shared-lora.safetensors") == blob["sha256"]
+    assert len(fake.requests_to(prefix="/files/shared.safetensors")) == fetched

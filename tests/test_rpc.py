@@ -269,3 +269,25 @@ def test_rpc_dir_map_outside_download_dir_stops_the_daemon(make_daemon, tmp_path
         daemon.start()
     assert daemon.proc.wait(10) == 2
     assert "rpc_dir_map" in daemon.read_stderr() and "outside download_dir" in daemon.read_stderr()
+
+
+def test_a_token_in_the_uri_never_comes_back(daemon, fake):
+    blob = fake.add_blob("rpc-signed.bin", size=2000)
+    signed = blob["url"] + "?token=uri-secret-123&X-Amz-Signature=sig-secret-456"
+    api = api_for(daemon)
+    download = until_done(api.add_uris([signed], {"dir": "/models/private"}))
+    assert download.is_complete
+    answers = json.dumps([api.client.tell_status(download.gid), api.client.get_uris(download.gid),
+                          api.client.tell_stopped(0, 10), api.client.get_option(download.gid)])
+    assert "uri-secret-123" not in answers and "sig-secret-456" not in answers
+    assert "uri-secret-123" not in daemon.logs()
+
+
+def test_sigterm_with_a_jsonrpc_websocket_open_stops_cleanly(daemon):
+    ws = websocket.create_connection(daemon.url.replace("http", "ws") + "/jsonrpc", timeout=20)
+    try:
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "system.listMethods"}))
+        assert "aria2.addUri" in json.loads(ws.recv())["result"]
+        assert daemon.stop() == 0
+    finally:
+        ws.close()
