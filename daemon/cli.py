@@ -35,6 +35,7 @@ def build_parser():
         action = sub.add_parser(name, parents=[common], help=f"{name} a download")
         action.add_argument("id", type=_download_id, help="download id")
     sub.add_parser("check-updates", parents=[common], help="run the model update check now")
+    sub.add_parser("retry-failed", parents=[common], help="retry every failed download (after an outage)")
     update_all = sub.add_parser("update-all", parents=[common], help="apply every pending update (not base-model "
                                                                     "changes) under each model's policy")
     update_all.add_argument("--replace", action="store_true", help="replace the old files (moved to .replaced/)")

@@ -253,6 +253,14 @@ def cmd_action(client, args, as_json):
     return None
 
 
+def cmd_retry_failed(client, args, as_json):
+    data = client.call("POST", "/api/downloads/retry-failed")
+    if as_json:
+        return data
+    print(f"{data.get('count', 0)} failed download(s) queued again" if data.get("count") else "no failed downloads")
+    return None
+
+
 def cmd_check_updates(client, args, as_json):
     data = client.call("POST", "/api/updates/check", timeout=CHECK_TIMEOUT)
     if as_json:
@@ -292,6 +300,7 @@ COMMANDS = {
     "list": cmd_list,
     "add": cmd_add,
     "check-updates": cmd_check_updates,
+    "retry-failed": cmd_retry_failed,
     **{action: cmd_action for action in ACTIONS},
 }
 

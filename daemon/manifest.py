@@ -190,7 +190,51 @@ def decode_json(text):
         except UnicodeDecodeError:
             raise ManifestError(["manifest: not UTF-8 text"]) from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except _Refused as exc:
+        raise ManifestError([f"manifest: {exc}"]) from None
     except (ValueError, RecursionError) as exc:
         raise ManifestError([f"manifest: not valid JSON ({exc})"]) from None
     return data
+
+
+class _Refused(Exception):
+    """Valid JSON the daemon still refuses: a duplicate key or a lone surrogate."""
+
+
+def _text_problem(value):
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"the text {value[:40]!r} holds a lone surrogate (an escape such as \\ud800 without its pair), "
+                "which is not Unicode; fix the program that wrote it")
+    return None
+
+
+def _unique_keys(pairs):
+    """json's object hook: refuse duplicate keys (the last would silently win, e.g. a later
+    "sha256": null cancelling a hash) and strings that are not Unicode text."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Refused(f"the key {key[:40]!r} appears twice in one object; write each key once")
+        for text in (key, value) if isinstance(value, str) else (key,):
+            problem = _text_problem(text)
+            if problem:
+                raise _Refused(problem)
+        if isinstance(value, list):
+            for entry in value:
+                problem = isinstance(entry, str) and _text_problem(entry)
+                if problem:
+                    raise _Refused(problem)
+        seen[key] = value
+    return seen
+
+
+def strict_json(text):
+    """json.loads with the manifest rules (no duplicate keys, only Unicode text); ManifestError otherwise.
+    Plain syntax errors stay ValueError for the caller's own wording."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _Refused as exc:
+        raise ManifestError([f"body: {exc}"]) from None

@@ -257,6 +257,19 @@ class Queue:
             raise InvalidTransition(f"download {download_id} changed state; try again")
         return self.views.download(result)
 
+    def retry_failed(self):
+        """Retry every failed download (after an outage); returns the ids moved back to queued."""
+        with db.connection_context():
+            ids = [r.id for r in Download.select(Download.id).where(Download.state == Status.FAILED.value)]
+        retried = []
+        for download_id in ids:
+            try:
+                self.action(download_id, "retry")
+            except InvalidTransition:  # moved meanwhile (retried by hand, say): nothing to do
+                continue
+            retried.append(download_id)
+        return retried
+
     def recover(self):
         """At start: downloads left `downloading` by a stop or crash go back to queued (no events)."""
         check_transition(Status.DOWNLOADING, Status.QUEUED)

@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -71,8 +72,11 @@ class Spool:
 
     # -- intake ----------------------------------------------------------------
     def read(self, path):
-        """The bytes of an inbox file without following symlinks."""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        """The bytes of an inbox file without following symlinks or blocking (a FIFO swapped in is refused)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ManifestError(["manifest: not a regular file; only regular files in inbox/ are read"])
         with os.fdopen(fd, "rb") as handle:
             return handle.read(64 << 20)
 

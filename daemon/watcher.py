@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 
 from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -119,9 +120,14 @@ class Watcher:
                                               "(copy or move the file in instead)"])
             return
         try:
-            stat = path.stat()
+            stat = path.lstat()
         except FileNotFoundError:
             self._pending.pop(str(path), None)
+            return
+        if not S_ISREG(stat.st_mode):  # a FIFO would block intake for ever; a directory never parses
+            self._pending.pop(str(path), None)
+            kind = "a directory" if S_ISDIR(stat.st_mode) else "not a regular file (a FIFO, socket or device)"
+            self.spool.accept(path, problems=[f"manifest: is {kind}; only regular files in inbox/ are read"])
             return
         if self._try(path):  # a prefix of a JSON object or list never parses, so trying early is safe
             return
@@ -135,6 +141,10 @@ class Watcher:
             data = self.spool.read(path)
         except FileNotFoundError:
             self._pending.pop(str(path), None)
+            return True
+        except ManifestError as exc:  # swapped for something that is not a regular file
+            self._pending.pop(str(path), None)
+            self.spool.accept(path, problems=exc.problems)
             return True
         except OSError:
             return False

@@ -227,3 +227,20 @@ def test_config_problems_exit_2(tmp_path):
     missing = tmp_path / "nowhere" / "config.yaml"
     assert "no config" in one_line(fails(2, "status", "--config", missing))
     assert not missing.exists()
+
+
+def test_retry_failed_requeues_every_failed_download(make_daemon, fake):
+    """Issue 11 note: after an outage one command (and one API call) retries every failed row."""
+    daemon = make_daemon(retries=0)
+    config = daemon.config_path
+    blobs = [fake.add_blob(f"outage{i}.bin", size=5000) for i in range(3)]
+    fake.faults.status_5xx = -1  # the outage
+    ids = [daemon.post("/api/download", {"url": b["url"], "sha256": b["sha256"]}).json()["id"] for b in blobs]
+    for download_id in ids:
+        daemon.wait_state(download_id, "failed")
+    fake.faults.status_5xx = 0  # it is over
+    assert "3 failed download(s) queued again" in ok("retry-failed", "--config", config).stdout
+    for download_id in ids:
+        assert daemon.wait_state(download_id, {"completed", "failed"})["state"] == "completed"
+    assert js("retry-failed", "--config", config) == {"ids": [], "count": 0}
+    assert "no failed downloads" in ok("retry-failed", "--config", config).stdout

@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import time
 
+import requests
 
 from conftest import wait_for
 
@@ -251,3 +252,36 @@ def test_restart_files_away_a_manifest_whose_items_all_ended(make_daemon, fake):
     assert folder == "done" and result["items"][0]["status"] == "completed"
     assert folder_names(daemon, "processing") == []
     assert len([r for r in fake.requests_to("files") if r.method == "GET"]) == 1
+
+
+def test_fifo_and_directory_named_json_are_rejected_and_intake_goes_on(make_daemon, fake):
+    """Issue 11 item 9: only regular files are read, without blocking; others go to failed/ with a reason."""
+    daemon = make_daemon()
+    inbox = daemon.home / "inbox"
+    os.mkfifo(inbox / "pipe.json")
+    (inbox / "folder.json").mkdir()
+    daemon.drop("after.json", ok_item(fake, name="after.bin"))
+    assert daemon.result("after.json")[0] == "done"  # a FIFO once blocked intake for ever
+    for name, words in (("pipe.json", "not a regular file"), ("folder.json", "a directory")):
+        folder, result = daemon.result(name)
+        assert folder == "failed" and words in result["errors"][0], result
+    assert daemon.get("/healthz").json() == {"ok": True}
+
+
+def test_duplicate_keys_and_lone_surrogates_are_refused_with_a_reason(make_daemon, fake):
+    """Issue 11 item 14 and the duplicate-key note: a clear rejection, never a traceback loop or a 500."""
+    daemon = make_daemon()
+    item = ok_item(fake, name="dup.bin")
+    (daemon.home / "inbox" / "dup.json").write_text(
+        '{"items": [{"url": "%s", "sha256": "%s", "sha256": null}]}' % (item["url"], item["sha256"]))
+    (daemon.home / "inbox" / "sur.json").write_text('{"items": [{"url": "%s", "filename": "a\\ud800.bin"}]}'
+                                                      % item["url"])
+    folder, result = daemon.result("dup.json")
+    assert folder == "failed" and "appears twice" in result["errors"][0], result
+    folder, result = daemon.result("sur.json")
+    assert folder == "failed" and "lone surrogate" in result["errors"][0], result
+    for body in ('{"url": "http://127.0.0.1:9/\\ud800.bin"}', '{"url": "http://127.0.0.1:9/x", "url": "y"}'):
+        response = requests.post(daemon.url + "/api/download", data=body.encode(), timeout=10,
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == 400 and response.json()["error"], response.text
+    assert "Traceback" not in daemon.logs()

@@ -18,7 +18,7 @@ from xstatic.pkg import bootstrap as xstatic_bootstrap
 
 from .. import __version__
 from ..errors import InvalidTransition, ManifestError, NotFound
-from ..manifest import parse_items
+from ..manifest import parse_items, strict_json
 from ..sidecars import find_preview
 from ..states import ACTIONS, Status, UpdateState
 from ..redact import scrub
@@ -127,7 +127,7 @@ def _decode(raw):
     if not raw.strip():
         raise ApiError(400, "empty body: send a JSON item object (Content-Type: application/json)")
     try:
-        return json.loads(raw.decode("utf-8-sig"))
+        return strict_json(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise ApiError(400, "body must be UTF-8 JSON") from None
     except RecursionError:
@@ -272,6 +272,7 @@ class WebApp:
         get("/api/downloads/<download_id>/info", self.api_download_info)
         # <img> tags cannot send headers: this one read-only route also takes ?token=.
         app.route("/api/downloads/<download_id>/preview", "GET", self._guard(self.api_preview, query_token=True))
+        post("/api/downloads/retry-failed", self.api_retry_failed)
         post("/api/downloads/<download_id>/<action:re:pause|resume|cancel|retry>", self.api_action)
         get("/api/completed", self.api_completed)
         get("/api/metrics", self.api_metrics)
@@ -404,6 +405,10 @@ class WebApp:
             return None
         preview = find_preview(row.path)
         return preview if preview is not None and preview.suffix.lower() in PREVIEW_TYPES else None
+
+    def api_retry_failed(self):
+        ids = _db(self.queue.retry_failed)
+        return self._json({"ids": ids, "count": len(ids)})
 
     def api_action(self, download_id, action):
         if action not in ACTIONS:

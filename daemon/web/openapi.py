@@ -336,6 +336,10 @@ def _paths():
                           "401": ERR_401}}},
         "/jsonrpc": _jsonrpc(),
     }
+    paths["/api/downloads/retry-failed"] = {"post": _post(
+        "retry every failed download (after an outage)", "200",
+        _json_body(_obj({"ids": {"type": "array", "items": INT}, "count": INT}, required=["ids", "count"]),
+                   "the ids moved back to queued"), "retryFailed")}
     for action in ACTIONS:
         paths[f"/api/downloads/{{download_id}}/{action}"] = {"post": _post(
             f"{action} a download", "200", _json_body(_ref("Download"), "the download after the action"),
