@@ -15,6 +15,7 @@ from . import http
 from .errors import TOKEN_HELP, EarlyAccess, PermanentError, TransientError
 from .filenames import CIVITAI_HOSTS, civitai_ids, sanitize_filename
 from .redact import scrub
+from .pacing import Pacer
 
 log = logging.getLogger("daemon.civitai")
 
@@ -94,7 +95,7 @@ class CivitaiClient:
 
     MAX_ANSWER = 64 << 20  # a models page with many images is a few MB; more is not an API answer
 
-    def __init__(self, settings, stop=None):
+    def __init__(self, settings, stop=None, pacer=None):
         self.base = settings.civitai_base_url.rstrip("/")
         self.token = settings.civitai_token
         self.hosts = civitai_hosts(self.base)
@@ -105,6 +106,7 @@ class CivitaiClient:
         self.timeout = settings.timeout
         self.stop = stop or threading.Event()  # set at shutdown: a retry wait ends with Cancelled
         self._sessions = http.Sessions(Accept="application/json")
+        self.pacer = pacer or Pacer()  # fleet mode: one REST call a second for the fleet together
 
     def get(self, path, params=None):
         """JSON from `{base}/api/v1/{path}`; raises TransientError / PermanentError / NotOnCivitai / Cancelled."""
@@ -119,6 +121,8 @@ class CivitaiClient:
         return self._send("POST", path, data=json.dumps(body), headers={"Content-Type": "application/json"})
 
     def _send(self, method, path, headers=None, **kwargs):
+        if not self.pacer.wait(self.stop):
+            raise TransientError("stopped while waiting for the fleet's Civitai API pace")
         url = f"{self.base}/api/v1/{path}"
         try:
             response = self._sessions.get().request(

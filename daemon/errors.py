@@ -68,3 +68,7 @@ class EarlyAccess(DaemonError):
 
 class Cancelled(DaemonError):
     """The download was paused, cancelled or the daemon is stopping."""
+
+
+class PartBusy(DaemonError):
+    """Another process (a daemon of the fleet) holds the lock on this download's part file."""

@@ -5,6 +5,7 @@ Nothing here touches the database; the worker passes callbacks in and records th
 """
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -19,7 +20,8 @@ import requests
 import urllib3
 
 from . import gate, http
-from .errors import TOKEN_HELP, Cancelled, DiskFull, EarlyAccess, HashMismatch, PermanentError, TransientError
+from .errors import (TOKEN_HELP, Cancelled, DiskFull, EarlyAccess, HashMismatch, PartBusy, PermanentError,
+                     TransientError)
 from .filenames import content_disposition_name, name_from_signed_url, name_from_url
 from .gate import Part, Result  # noqa: F401 - Result is part of this module's interface
 from .http import STALL_BYTES
@@ -263,6 +265,7 @@ class Fetcher:
             self._check_space(job, total - part.offset)
         job.folder.mkdir(parents=True, exist_ok=True)
         with open(part.path, "ab", buffering=0) as handle:
+            lock_part(handle, part)
             self._stream(job, part, response, handle)
         return gate.publish(part, job.expected_sha256, job.api_size)
 
@@ -350,3 +353,19 @@ def _size(n):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1000
+
+
+def lock_part(handle, part):
+    """Hold an exclusive lock on the part while writing it: two daemons never write one part (SPEC §14).
+
+    The lock ends with the handle. Bytes another writer added after this attempt hashed the part
+    mean the hash no longer matches it: the next attempt hashes the part again.
+    """
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PartBusy(f"{part.path.name} is being written by another process (another daemon of the fleet?)") \
+            from None
+    if os.fstat(handle.fileno()).st_size != part.offset:
+        part.hasher = None
+        raise TransientError(f"{part.path.name} changed size under us; hashing it again")

@@ -1,13 +1,21 @@
-"""Peewee models and database set-up (SQLite in WAL mode)."""
+"""Peewee models and database set-up: SQLite in WAL mode, or PostgreSQL for a fleet (SPEC §14)."""
 import datetime
+import re
 import sqlite3
 import threading
+from urllib.parse import urlsplit
 
 import peewee
 from playhouse import migrate as pw_migrate
 
 from .errors import ConfigError
+from .settings import is_postgres_url
 from .states import ManifestStatus, Status
+
+def hide_password(url):
+    """A database URL with its password masked (for messages and the API)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^@/]*@", r"\1***@", url, flags=re.I)
+
 
 class _KeepOpen:
     """A connection context that leaves the thread's connection open.
@@ -77,7 +85,47 @@ class Database(peewee.SqliteDatabase):
             self._release()
 
 
-db = Database(None)
+class _KeepOpenOrReconnect(_KeepOpen):
+    """A kept connection that a server restart or network cut broke is replaced by a new one."""
+
+    def __enter__(self):
+        conn = None if self.database.is_closed() else self.database.connection()
+        if conn is not None and (conn.broken or conn.closed):  # psycopg marks it when a statement failed
+            self.database.close()
+        self.database.connect(reuse_if_open=True)
+
+
+class PgDatabase(peewee.PostgresqlDatabase):
+    """PostgreSQL (psycopg 3) for fleet mode; one connection per thread, kept open like SQLite's."""
+
+    def connection_context(self):
+        return _KeepOpenOrReconnect(self)
+
+    def begin(self, isolation_level=None):
+        # Callers write atomic("IMMEDIATE") for SQLite's write lock; PostgreSQL's row locks need none.
+        if isinstance(isolation_level, str) and isolation_level.upper() in ("IMMEDIATE", "EXCLUSIVE", "DEFERRED"):
+            isolation_level = None
+        return super().begin(isolation_level)
+
+
+def is_postgres():
+    return isinstance(db.obj, peewee.PostgresqlDatabase)
+
+
+def param():
+    """The engine's query placeholder, for the hand-written SQL on hot paths ("?" or "%s")."""
+    return db.obj.param
+
+
+class _Proxy(peewee.DatabaseProxy):
+    """The engine chosen at open; its own connection_context (kept connections), not the proxy's."""
+    __slots__ = peewee.DatabaseProxy.__slots__  # Proxy checks names against the class's own list
+
+    def connection_context(self):
+        return self.obj.connection_context()
+
+
+db = _Proxy()
 
 
 def utcnow():
@@ -108,6 +156,7 @@ class ManifestRecord(BaseModel):
     received_at = peewee.DateTimeField(default=utcnow)
     finished_at = peewee.DateTimeField(null=True)
     final_name = peewee.CharField(null=True)    # name in done/ or failed/ (may carry a suffix)
+    node = peewee.CharField(null=True)          # fleet mode: the daemon that took it (and finishes it)
 
     class Meta:
         table_name = "manifests"
@@ -148,6 +197,8 @@ class Download(BaseModel):
     finished_at = peewee.DateTimeField(null=True)
     duration = peewee.FloatField(null=True)
     source = peewee.CharField(null=True)        # where a workflow or image named it (SPEC §13)
+    node = peewee.CharField(null=True)          # the daemon that claimed it last
+    lease_until = peewee.DateTimeField(null=True)  # fleet mode: the claim lapses after this unless renewed
 
     class Meta:
         table_name = "downloads"
@@ -259,8 +310,39 @@ class RpcTask(BaseModel):
         table_name = "rpc_tasks"
 
 
+class Node(BaseModel):
+    """A daemon of the fleet and when it was last alive (GET /api/nodes)."""
+    name = peewee.CharField(unique=True)
+    started_at = peewee.DateTimeField(default=utcnow)
+    last_heartbeat = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "nodes"
+
+
+class Pace(BaseModel):
+    """A fleet-wide schedule: the next free slot (epoch seconds, the database's clock) per key."""
+    key = peewee.CharField(primary_key=True)
+    next_at = peewee.DoubleField(default=0.0)
+
+    class Meta:
+        table_name = "pacing"
+
+
+class DailyRun(BaseModel):
+    """A job run once per day for the fleet: the first daemon to insert (job, day) runs it."""
+    job = peewee.CharField()
+    day = peewee.CharField()
+    node = peewee.CharField(null=True)
+    started_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "daily_runs"
+        indexes = ((("job", "day"), True),)
+
+
 TABLES = [ManifestRecord, Download, ModelUpdate, RpcTask, LibraryEntry, HashCache, UnknownHash, LibraryScan,
-          ModelPolicy]
+          ModelPolicy, Node, Pace, DailyRun]
 
 
 def migrate_schema(database, tables=None):
@@ -285,13 +367,45 @@ def migrate_schema(database, tables=None):
             if field.default is not None:
                 operations.append(migrator.apply_default(table, field.column_name, field))
     with database.atomic():
+        # Missing tables first (a new column may reference one), then the columns, then any
+        # index that is still missing (IF NOT EXISTS: the existing ones are kept).
+        database.create_tables([m for m in tables if m._meta.table_name not in existing], safe=True)
         pw_migrate.migrate(*operations)
-        # After the columns: creates the missing tables, and indexes that are missing (IF NOT EXISTS).
         database.create_tables(tables, safe=True)
 
 
-def open_database(path):
-    """Open (or create) the database; a locked or corrupt file is a ConfigError."""
+_SCHEMA_LOCK = 0x6369766974616900  # pg_advisory_lock key ("civitai"): one daemon migrates at a time
+
+
+def open_postgres(url, password_hidden):
+    """Connect to PostgreSQL and bring the schema up to date; errors are ConfigErrors without the password."""
+    url = "postgresql://" + url.split("://", 1)[1]
+    # timezone=UTC: timestamps are stored without a zone and read back as UTC (as with SQLite).
+    db.initialize(PgDatabase(url, options="-c timezone=UTC", connect_timeout=10))
+    try:
+        db.connect(reuse_if_open=True)
+        # Several daemons may start together on an empty database: one creates, the others wait.
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            migrate_schema(db)
+        finally:
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+    except peewee.PeeweeException as exc:
+        db.close()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        password = urlsplit(url).password
+        if password:
+            first = first.replace(password, "***")
+        raise ConfigError(f"database {password_hidden}: cannot use it ({first}); check the URL in 'database', "
+                          "that PostgreSQL runs and that the user may create tables") from None
+    return db
+
+
+def open_database(path, password_hidden=None):
+    """Open (or create) the database (a file, or a PostgreSQL URL); a locked or corrupt one is a ConfigError."""
+    if is_postgres_url(str(path)):
+        return open_postgres(str(path), password_hidden or hide_password(str(path)))
+    db.initialize(Database(None))
     db.init(str(path), pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1},
             timeout=5)
     try:

@@ -6,6 +6,7 @@ table, commits, and only then publishes the event. Two documented exceptions:
 take the same download) and `recover` (one bulk statement at start, before any
 subscriber cares). Both check their one move against the table too.
 """
+import datetime
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import peewee
 
 from . import events
 from .errors import InvalidTransition, NotFound
-from .models import Download, ManifestRecord, db, iso, utcnow
+from .models import Download, ManifestRecord, db, is_postgres, iso, param, utcnow
 from .redact import join_url, redact_text, split_url
 from .states import ENDED, TRANSITIONS, ManifestStatus, Status, check_action, check_transition
 
@@ -25,7 +26,7 @@ ACTIVE = [Status.DOWNLOADING.value, Status.COMPLETED.value, Status.QUEUED.value,
 
 _CLAIM_SQL = """
 UPDATE "downloads" SET "state" = ?, "started_at" = ?, "error" = NULL, "not_before" = NULL,
-       "attempts" = "attempts" + 1
+       "attempts" = "attempts" + 1, "node" = ?, "lease_until" = ?
 WHERE "id" = (
     SELECT d."id" FROM "downloads" AS d
     WHERE d."state" = ?
@@ -33,9 +34,17 @@ WHERE "id" = (
            SELECT 1 FROM "downloads" AS p WHERE p."id" = d."parent_id" AND p."state" IN (?, ?, ?)))
       AND (d."not_before" IS NULL OR d."not_before" <= ?)
       AND d."id" NOT IN ({busy})
-    ORDER BY d."priority" DESC, d."id" LIMIT 1)
+    ORDER BY d."priority" DESC, d."id" LIMIT 1{skip_locked})
   AND "state" = ?
 RETURNING *"""
+
+# A transaction-scoped advisory lock: enqueues of the fleet take turns, so twins are found across daemons.
+_ENQUEUE_LOCK = 0x6369766974616901
+
+
+def _sql(text):
+    """Hand-written SQL with "?" placeholders in the engine's own style."""
+    return text if param() == "?" else text.replace("?", param())
 
 
 def _ended_fields(item, now):
@@ -55,17 +64,19 @@ def _ended_fields(item, now):
 class Queue:
     """Queue operations over the Download table; publishes events on `bus`."""
 
-    def __init__(self, bus, views, sealer):
+    def __init__(self, bus, views, sealer, node=None, lease=60):
         self.bus = bus
         self.sealer = sealer  # seals the secret part of URLs (redact.Sealer)
         self.views = views  # rows → the dicts events carry (daemon.views.Views)
         self.progress = views.progress  # live in-memory progress, id → dict
+        self.node = node    # this daemon's name, recorded on its claims and manifests
+        self.lease = lease  # fleet mode: seconds a claim lasts unless renewed
 
     # -- manifests -------------------------------------------------------
     def create_manifest(self, name, items=0, status=ManifestStatus.PROCESSING, errors=()):
         with db.connection_context():
             record = ManifestRecord.create(name=name, items=items, status=ManifestStatus(status).value,
-                                           errors=json.dumps(list(errors)))
+                                           errors=json.dumps(list(errors)), node=self.node)
         self.views.remember_manifest(record)
         return record
 
@@ -109,7 +120,9 @@ class Queue:
         now = utcnow()
         with db.connection_context():
             with db.atomic("IMMEDIATE"):
-                next_id = (Download.select(peewee.fn.MAX(Download.id)).scalar() or 0) + 1
+                if is_postgres():
+                    db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_ENQUEUE_LOCK,))
+                ids = iter(self._new_ids(len(items)))
                 # Stored split: the public URL in clear, its secret part sealed; dedupe on the whole URL.
                 urls = {item.url: self._store_url(item.url) for item in items if item.url}
                 by_sha, by_version, by_url = self._twin_index(
@@ -130,6 +143,7 @@ class Queue:
                     if ended:
                         parent = None
                     fields = {"state": Status.QUEUED.value, **ended}
+                    next_id = next(ids)
                     row = Download(id=next_id, **stored, filename=item.filename,
                                    subdir=item.subdir, expected_sha256=item.sha256, priority=item.priority,
                                    manifest=manifest.id if manifest else None, manifest_index=item.index,
@@ -144,12 +158,11 @@ class Queue:
                         if key:
                             by_url.setdefault(key, (next_id, item.sha256))
                     rows.append((row, item.url))
-                    next_id += 1
                 # executemany: peewee's insert_many spends ~0.3 ms of Python per row building SQL.
                 fields = list(Download._meta.sorted_fields)
                 sql = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
                     Download._meta.table_name, ", ".join(f'"{f.column_name}"' for f in fields),
-                    ", ".join("?" * len(fields)))
+                    ", ".join([param()] * len(fields)))
                 defaults = {f.name: f.default() if callable(f.default) else f.default for f in fields}
                 db.cursor().executemany(sql, [tuple(f.db_value(r.__data__.get(f.name, defaults[f.name]))
                                                     for f in fields) for r, _ in rows])
@@ -160,6 +173,15 @@ class Queue:
             self.bus.publish(events.DOWNLOAD_QUEUED, {"id": rows[0][0].id, "count": len(rows),
                                                  "first_id": rows[0][0].id, "last_id": rows[-1][0].id})
         return [row.id for row, _ in rows]
+
+    def _new_ids(self, count):
+        """`count` download ids no other writer takes: the sequence in PostgreSQL (ids are fleet-wide)."""
+        if not is_postgres():  # under SQLite's write lock, MAX(id) cannot move
+            first = (Download.select(peewee.fn.MAX(Download.id)).scalar() or 0) + 1
+            return range(first, first + count)
+        cursor = db.execute_sql("SELECT nextval(pg_get_serial_sequence('downloads', 'id')) "
+                                "FROM generate_series(1, %s)", (count,))
+        return [row[0] for row in cursor.fetchall()]
 
     # -- worker side -----------------------------------------------------
     def claim(self, exclude=()):
@@ -172,10 +194,15 @@ class Queue:
         now = utcnow()
         busy = [int(i) for i in exclude]
         ended = tuple(s.value for s in ENDED)
-        sql = _CLAIM_SQL.format(busy=", ".join("?" * len(busy)) or "-1")  # never NOT IN (NULL): always unknown
+        # In PostgreSQL, SKIP LOCKED lets daemons claiming at once each take a different row (without it
+        # the loser re-checks the winner's row, finds it taken and claims nothing).
+        sql = _sql(_CLAIM_SQL.format(busy=", ".join("?" * len(busy)) or "-1",  # never NOT IN (NULL)
+                                     skip_locked=" FOR UPDATE SKIP LOCKED" if is_postgres() else ""))
+        lease_until = now + datetime.timedelta(seconds=self.lease) if is_postgres() else None
         # One UPDATE … RETURNING statement: atomic on its own. A child waits until its parent ended
         # (a correlated EXISTS: a primary-key lookup per candidate, not a scan of every ended row).
-        claim = Download.raw(sql, Status.DOWNLOADING.value, now, Status.QUEUED.value, *ended, now, *busy, Status.QUEUED.value)
+        claim = Download.raw(sql, Status.DOWNLOADING.value, now, self.node, lease_until, Status.QUEUED.value, *ended,
+                             now, *busy, Status.QUEUED.value)
         with db.connection_context():
             rows = list(claim)
         if not rows:
@@ -271,11 +298,36 @@ class Queue:
         return retried
 
     def recover(self):
-        """At start: downloads left `downloading` by a stop or crash go back to queued (no events)."""
+        """At start: downloads left `downloading` by a stop or crash go back to queued (no events).
+
+        In a fleet only this node's claims (and lapsed ones): the other daemons' are theirs.
+        """
         check_transition(Status.DOWNLOADING, Status.QUEUED)
+        where = Download.state == Status.DOWNLOADING.value
+        if is_postgres():
+            where &= (Download.node == self.node) | (Download.lease_until < utcnow())
         with db.connection_context():
-            return (Download.update(state=Status.QUEUED.value)
-                    .where(Download.state == Status.DOWNLOADING.value).execute())
+            return Download.update(state=Status.QUEUED.value, lease_until=None).where(where).execute()
+
+    def renew(self, ids):
+        """Fleet mode: extend the lease of this node's claims on `ids`."""
+        if not ids:
+            return 0
+        with db.connection_context():
+            return (Download.update(lease_until=utcnow() + datetime.timedelta(seconds=self.lease))
+                    .where(Download.id.in_(list(ids)) & (Download.node == self.node)
+                           & (Download.state == Status.DOWNLOADING.value)).execute())
+
+    def reclaim_lapsed(self):
+        """Fleet mode: claims whose lease ran out (their daemon died) go back to the queue; their ids."""
+        with db.connection_context():
+            rows = list(Download.update(state=Status.QUEUED.value, lease_until=None)
+                        .where((Download.state == Status.DOWNLOADING.value) & (Download.lease_until < utcnow()))
+                        .returning(Download).execute())
+        for row in rows:
+            log.warning("download %s: the lease of node %s ran out; back in the queue", row.id, row.node)
+            self.bus.publish(events.DOWNLOAD_QUEUED, self.views.download(row))
+        return [row.id for row in rows]
 
     # -- dedupe ----------------------------------------------------------
     def _twin_index(self, shas, versions, urls):
@@ -315,7 +367,7 @@ class Queue:
         with db.connection_context():
             # Hand-written SQL on the hot paths: peewee spends more Python building a query than
             # SQLite spends running it (research in bench/RESULTS.md, ingest).
-            row = next(iter(Download.raw('SELECT * FROM "downloads" WHERE "id" = ?', download_id)), None)
+            row = next(iter(Download.raw(_sql('SELECT * FROM "downloads" WHERE "id" = ?'), download_id)), None)
         if row is None:
             raise NotFound(f"no download with id {download_id}")
         return row

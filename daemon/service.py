@@ -29,6 +29,7 @@ from .civitai import CivitaiClient, Resolver
 from .errors import ConfigError
 from .events import Bus
 from .fetch import Fetcher
+from .fleet import Fleet
 from .http import civitai_origins
 from .intake import Intake
 from .library.scan import Scanner
@@ -99,7 +100,15 @@ def build_core(settings, sleep=None):
     """The parts that carry a download from the queue to disk, without the web side or threads started
     (the daemon runs them; the in-process tests call `pool.step()` on them directly)."""
     core = types.SimpleNamespace(bus=Bus(), progress=Progress())
-    core.queue = Queue(core.bus, Views(core.progress), Sealer.for_database(settings.database))
+    settings.node = settings.node or socket.gethostname()  # fleet mode: the default name of this daemon
+    # A fleet's daemons share the key that seals URL secrets through the shared download_dir (a file
+    # beside the database is impossible there; the key must not live in the database it protects).
+    shared = settings_mod.is_postgres_url(str(settings.database))
+    key_base = settings.download_dir / ".fleet" if shared else settings.database
+    if shared:
+        settings.download_dir.mkdir(parents=True, exist_ok=True)
+    core.queue = Queue(core.bus, Views(core.progress), Sealer.for_database(key_base), node=settings.node,
+                       lease=settings.lease)
     core.api_stop = threading.Event()  # ends the Civitai client's retry waits at shutdown
     core.client = CivitaiClient(settings, core.api_stop)
     core.intake = Intake(settings, core.client)  # manifests, ComfyUI workflows, generated PNGs (SPEC §13)
@@ -128,7 +137,7 @@ class Daemon:
     def build(self):
         s = self.settings
         logs.setup(s.logs_dir, s.log_level, s.secrets())
-        models.open_database(s.database)
+        models.open_database(s.database, models.hide_password(str(s.database)))
         self.sock = choose_socket(s)
         for folder in (s.download_dir,):
             folder.mkdir(parents=True, exist_ok=True)
@@ -139,14 +148,16 @@ class Daemon:
         self.watcher = Watcher(s.inbox_dir, self.spool, parse=self.intake.parse)
         self.notifier = Notifier(s, self.bus)
         self.webui = WebUiRefresher(s, self.bus)  # A1111/Forge refresh after downloads (SPEC §13)
-        self.updates = UpdateChecker(s, self.client, self.queue, self.bus)
+        self.fleet = Fleet(s, self.queue, self.spool, self.throttle, self.pool.active_ids)
+        self.updates = UpdateChecker(s, self.client, self.queue, self.bus, fleet=self.fleet)
         self.library = Scanner(s, self.client, self.bus)
         self.replacer = Replacer(s, self.bus)
         if s.library["rescan"] == "daily":
             self.updates.before_scheduled = self.library.run_blocking  # not before an on-demand check
         self.feed = Feed(self.bus, self.progress)
         self.web = WebApp(s, self.queue, self.feed, self.status, health=self.health, updates=self.updates,
-                          metrics_text=lambda: prom.render(self.queue, self.progress), library=self.library)
+                          metrics_text=lambda: prom.render(self.queue, self.progress), library=self.library,
+                          nodes=self.fleet.nodes)
         self.server = WSGIServer(self.sock, self.web.app, handler_class=WebSocketHandler, log=None,
                                  error_log=logging.getLogger("daemon.web.server"))
         self.server.pre_start_hook = self.web.pre_start_hook  # WebSocket auth before the upgrade (401, not 101)
@@ -178,6 +189,7 @@ class Daemon:
         if recovered:
             log.info("recovered %d interrupted download(s); they resume from their parts", recovered)
         self.spool.resume()
+        self.fleet.start()
         self.notifier.start()
         self.webui.start()
         self.pool.start()
@@ -236,6 +248,7 @@ class Daemon:
         self.pool.stop(timeout=6.0)
         self.updates.stop()
         self.library.stop()
+        self.fleet.stop()
         self.feed.stop()
         self.web.jsonrpc.stop()
         self.server.stop(timeout=1)

@@ -8,6 +8,7 @@ import io
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -38,6 +39,11 @@ DEFAULT_LIBRARY_EXTENSIONS = [".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?(?:/s)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}
+
+
+def is_postgres_url(value):
+    """True for a `database` value naming a PostgreSQL server rather than an SQLite file."""
+    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
 
 
 def parse_rate(value):
@@ -213,7 +219,11 @@ SETTINGS = [
     Setting("failed_dir", "failed", _str, "rejected or failed manifests and their result files", path=True),
     Setting("download_dir", "downloads", _str, "root of all downloaded files", path=True),
     Setting("logs_dir", "logs", _str, "download.log and error.log", path=True),
-    Setting("database", "completed.db", _str, "the SQLite queue and history", path=True),
+    Setting("database", "completed.db", _str, "the SQLite file, or a PostgreSQL URL postgresql://user:password@host"
+            "[:port]/db shared by a fleet of daemons", path=True),
+    Setting("node", None, _opt_str, "this daemon's name in a fleet (null: the host name); unique per daemon"),
+    Setting("lease", 60, _int(5, 86400), "fleet mode: seconds a claim lasts without renewal before another daemon "
+            "may take the download over"),
     Setting("host", "127.0.0.1", _str, "address the web server binds (0.0.0.0 exposes it to the LAN: set api_token)"),
     Setting("active_port", None, _port, "null: pick a free port in 8100-8200 and write it here; a number: use it"),
     Setting("workers", 2, _int(1, 32), "parallel downloads"),
@@ -271,6 +281,8 @@ class Settings:
         """Every secret value in force, for log redaction."""
         values = [getattr(self, key) for key in SECRET_KEYS]
         values.append(self.telegram.get("bot_token"))
+        if is_postgres_url(self.database):
+            values.append(urlsplit(self.database).password)
         return [v for v in values if v]
 
 
@@ -357,7 +369,7 @@ def load(config_path):
             value = setting.check(value)
         except ValueError as exc:
             raise ConfigError(f"config.yaml: '{setting.name}' {exc}, got {value!r}") from None
-        if setting.path:
+        if setting.path and not is_postgres_url(value):
             value = (config_path.parent / os.path.expanduser(value)).resolve()
         values[setting.name] = value
     _finish_library(values, config_path)

@@ -8,12 +8,13 @@ import logging
 import os
 import stat
 import threading
+import uuid
 from pathlib import Path
 
 from . import events
 from .errors import ManifestError
 from .manifest import parse_manifest
-from .models import iso, utcnow
+from .models import is_postgres, iso, utcnow
 from .states import ManifestStatus, Status
 
 log = logging.getLogger("daemon.spool")
@@ -86,25 +87,34 @@ class Spool:
         path = Path(path)
         name = path.name
         with self._lock:
-            if not path.exists() and not path.is_symlink():
-                return None
+            claimed = self._claim(path)
+            if claimed is None:
+                return None  # gone: another daemon sharing this inbox took it
             if problems:
-                return self._reject(path, problems)
-            target = free_name(self.processing, name)
-            os.replace(path, self.processing / target)
+                return self._reject(claimed, problems, name)
+            target = _place(claimed, self.processing, name)
             record = self.queue.create_manifest(target, items=len(items))
         ids = self.queue.enqueue(items, manifest=record)
         log.info("manifest %s: accepted with %d item(s): ids %s", target, len(items), _ids_text(ids))
         self.maybe_finish(record.id)  # a workflow whose models are all present (or unresolvable) ends at once
         return record
 
-    def _reject(self, path, errors):
+    def _claim(self, path):
+        """Rename an inbox file to a private name: of daemons sharing inbox/, exactly one succeeds."""
+        private = self.processing / f".claim-{uuid.uuid4().hex}"
+        try:
+            os.rename(path, private)
+        except FileNotFoundError:
+            return None
+        return private
+
+    def _reject(self, path, errors, name=None):
         with self._place_lock:
-            target = free_name(self.failed, path.name)
+            target = free_name(self.failed, name or path.name)
             result = {"manifest": target, "status": ManifestStatus.FAILED.value, "finished_at": iso(utcnow()),
                       "errors": errors, "items": []}
             write_json_atomic(self.failed / f"{_stem(target)}.result.json", result)
-            os.replace(path, self.failed / target)
+            _place(path, self.failed, target)
         record = self.queue.create_manifest(target, status=ManifestStatus.FAILED, errors=errors)
         self.queue.finish_manifest(record.id, ManifestStatus.FAILED, target, errors)
         log.error("manifest %s rejected: %s", target, "; ".join(errors))
@@ -118,11 +128,14 @@ class Spool:
         A crash can also fall between the steps of intake (recorded, not yet enqueued) or of
         completion (every item ended, manifest not yet moved); both are finished here.
         """
-        known = {}
+        known, mine = {}, []
         for record in self.queue.open_manifests():
-            if self.queue.manifest_items(record.id):
+            if not self._owns(record):
+                known[record.name] = record  # another daemon's, in a shared processing/: not ours to touch
+            elif self.queue.manifest_items(record.id):
                 known[record.name] = record
-        for record in known.values():
+                mine.append(record)
+        for record in mine:
             self.maybe_finish(record.id)
         for path in sorted(self.processing.iterdir()):
             if is_manifest_name(path.name) and path.name not in known:
@@ -133,10 +146,20 @@ class Spool:
                     with self._lock:
                         self._reject(path, problems)
                     continue
-                records = [r for r in self.queue.open_manifests() if r.name == path.name]
+                records = [r for r in self.queue.open_manifests() if r.name == path.name and self._owns(r)]
                 record = records[0] if records else self.queue.create_manifest(path.name, items=len(items))
                 self.queue.enqueue(items, manifest=record)
                 log.info("manifest %s: resumed from processing/", path.name)
+
+    def _owns(self, record):
+        """A manifest stays with the daemon that took it (SPEC §14); with SQLite every one is ours."""
+        return not is_postgres() or record.node in (None, self.queue.node)
+
+    def finish_own(self):
+        """Fleet mode: file away this daemon's manifests whose items other daemons finished."""
+        for record in self.queue.open_manifests():
+            if self._owns(record):
+                self.maybe_finish(record.id)
 
     # -- completion --------------------------------------------------------------
     def maybe_finish(self, manifest_id):
@@ -148,8 +171,8 @@ class Spool:
             if manifest_id in self._finished or self.queue.manifest_pending(manifest_id):
                 return
             record = self.queue.open_manifest(manifest_id)
-            if record is None:
-                return  # already finished by another worker
+            if record is None or not self._owns(record):
+                return  # already finished by another worker, or another daemon's to file away
             self._finished.add(manifest_id)
             rows = self.queue.manifest_items(manifest_id)
             ok = bool(rows) and all(r.state == Status.COMPLETED.value for r in rows)
@@ -172,6 +195,22 @@ class Spool:
         name = events.MANIFEST_DONE if ok else events.MANIFEST_FAILED
         self.bus.publish(name, {"manifest": target, "status": status.value, "items": items,
                                                  "errors": []})
+
+
+def _place(source, folder, name):
+    """Move `source` to `name` in `folder`, or to a free name when it is taken (never replacing a file)."""
+    target = name
+    while True:
+        try:
+            os.link(source, folder / target)  # fails on a taken name, where os.replace would overwrite
+        except FileExistsError:
+            target = free_name(folder, name)  # another daemon may take that one first: loop
+            continue
+        except OSError:  # a file system without hard links
+            os.replace(source, folder / target)
+            return target
+        os.unlink(source)
+        return target
 
 
 def _ids_text(ids):

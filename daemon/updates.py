@@ -28,7 +28,7 @@ MIN_CALL_INTERVAL = 1.0
 class UpdateChecker:
     """Finds newer versions (or re-uploads) of models with a completed download."""
 
-    def __init__(self, settings, client, queue, bus):
+    def __init__(self, settings, client, queue, bus, fleet=None):
         self.settings = settings
         self.client = client
         self.queue = queue
@@ -40,6 +40,7 @@ class UpdateChecker:
         self.scheduler = None
         self.before_scheduled = None  # e.g. the library rescan (library.rescan: daily)
         self.applier = Applier(queue, self.config)
+        self.fleet = fleet  # fleet mode: the scheduled check runs on one daemon a day
 
     def start(self):
         if not self.config.get("enabled"):
@@ -58,6 +59,9 @@ class UpdateChecker:
             self.scheduler.shutdown(wait=False)
 
     def _scheduled(self):
+        if self.fleet is not None and self.fleet.shared and not self.fleet.claim_daily("update-check"):
+            log.info("scheduled update check: another daemon of the fleet runs it today")
+            return
         if self.before_scheduled is not None:
             try:
                 self.before_scheduled()

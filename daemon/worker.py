@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import events, sidecars
 from .library import dedupe
-from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PermanentError, TransientError
+from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PartBusy, PermanentError, TransientError
 from .fetch import Job
 from .filenames import is_civitai_page as _is_civitai_page
 from .gate import part_path
@@ -83,6 +83,11 @@ class WorkerPool:
 
     def healthy(self):
         return all(t.is_alive() for t in self.threads)
+
+    def active_ids(self):
+        """Ids of the downloads this daemon's workers hold (their leases are renewed)."""
+        with self._lock:
+            return list(self._active)
 
     def wake(self):
         with self._wake:
@@ -280,6 +285,9 @@ class WorkerPool:
             return Outcome.interrupted(job)
         except EarlyAccess as exc:
             return Outcome.later(str(exc), _until(exc.not_before))
+        except PartBusy as exc:  # another daemon still writes it: our claim came from a lapsed lease
+            log.warning("download %s: %s; leaving it to that one", row.id, exc)
+            return Outcome.later(str(exc), utcnow() + datetime.timedelta(seconds=self.settings.lease))
         except HashMismatch as exc:
             self.queue.bump(row.id, hash_mismatches=1)
             where = getattr(exc, "quarantined", None)

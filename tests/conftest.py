@@ -278,3 +278,35 @@ def core(tmp_path, fake, database, recorder, sleeps):
         return parts
 
     return factory
+
+
+# -- PostgreSQL (fleet mode) ----------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server for the session (with CI set, a missing PostgreSQL fails)."""
+    import pgserver
+    bindir = pgserver.find_bin()
+    if bindir is None:
+        problem = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    server = pgserver.PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """The URL of a fresh, empty database on the session's PostgreSQL, dropped afterwards."""
+    name, url = postgres.create_database()
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request, tmp_path):
+    """The `database` setting for each engine: an SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "queue.db")
+    return request.getfixturevalue("pg_url")

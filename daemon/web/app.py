@@ -165,7 +165,8 @@ def token_role(settings, given):
 class WebApp:
     """Builds the bottle application around the daemon's parts."""
 
-    def __init__(self, settings, queue, feed, status, health=None, updates=None, metrics_text=None, library=None):
+    def __init__(self, settings, queue, feed, status, health=None, updates=None, metrics_text=None, library=None,
+                 nodes=None):
         self.settings = settings
         self.queue = queue
         self.feed = feed
@@ -174,6 +175,7 @@ class WebApp:
         self.updates = updates            # object with list() and check_now()
         self.metrics_text = metrics_text  # callable → (bytes, content_type)
         self.library = library            # the library scanner (web/library_routes.py)
+        self.nodes = nodes                # callable → the fleet's daemons (GET /api/nodes)
         self.app = bottle.Bottle()
         self._routes()
         self.jsonrpc = JsonRpcEndpoint(self, _db, _read_body, token_role)  # aria2's protocol (SPEC §13)
@@ -279,6 +281,7 @@ class WebApp:
         get("/api/manifests", self.api_manifests)
         get("/api/updates", self.api_updates)
         post("/api/updates/check", self.api_updates_check)
+        get("/api/nodes", self.api_nodes)
         get("/api/openapi.json", lambda: self._json(openapi.document(__version__)))
         app.route("/ws/downloads", "GET", self._guard(self.ws_downloads, websocket=True))
         if self.library is not None:
@@ -437,6 +440,10 @@ class WebApp:
             raise ApiError(400, f"state must be one of {', '.join(UPDATE_STATES)}, got {state[:40]!r}")
         items, total = _db(self.updates.list, limit=limit, offset=offset, state=state)
         return self._json({"items": items, "total": total, "limit": limit, "offset": offset})
+
+    def api_nodes(self):
+        items = _db(self.nodes) if self.nodes else []
+        return self._json({"items": items, "total": len(items), "limit": max(1, len(items)), "offset": 0})
 
     def api_updates_check(self):
         if self.updates is None:

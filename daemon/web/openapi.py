@@ -132,6 +132,10 @@ UPDATE = _obj({
 }, required=["id", "modelId", "modelVersionId", "model_name", "version_name", "previous_version_id", "detected_at",
              "state", "reason", "not_before"])
 
+NODE = _obj({"node": STR, "last_heartbeat": _nullable(TIME), "started_at": _nullable(TIME),
+             "active": {"type": "array", "items": INT, "description": "ids of the downloads it works on"}},
+            required=["node", "last_heartbeat", "active"])
+
 CHECK = _obj({"checked": INT, "updates": {"type": "array", "items": {"type": "object"}},
               "problems": {"type": "array", "items": STR}, "duration": NUM}, required=["checked", "updates"])
 
@@ -161,6 +165,8 @@ SCHEMAS = {
     "CompletedList": _page(_ref("CompletedDownload")),
     "ManifestList": _page(_ref("Manifest")),
     "UpdateList": _page(_ref("Update")),
+    "Node": NODE,
+    "NodeList": _page(_ref("Node")),
     "Event": EVENT,
     "CivitaiInfo": _obj({"id": INT, "modelId": INT, "name": STR, "baseModel": STR,
                          "trainedWords": {"type": "array", "items": STR}, "description": _nullable(STR),
@@ -320,6 +326,8 @@ def _paths():
         "/api/updates/check": {"post": _post(
             "run the model update check now", "200", _json_body(_ref("UpdateCheck"), "a summary of the check"),
             "checkUpdates", extra={"503": _error("the update checker is not running")})},
+        "/api/nodes": {"get": _get("the daemons of the fleet (one with SQLite), their heartbeats and downloads",
+                                   _json_body(_ref("NodeList"), "every node"), op_id="listNodes")},
         "/api/openapi.json": {"get": _get("this document", {"description": "OpenAPI 3 document",
                                                             "content": {JSON: {"schema": {"type": "object"}}}},
                                           op_id="openapi")},
