@@ -208,11 +208,13 @@ def sha(path):
 
 
 # -- the in-process harness: real parts, no daemon process, no threads ---------------------
-@pytest.fixture
-def database(tmp_path):
-    """A fresh SQLite queue database in tmp_path, opened as the daemon opens it."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    """A fresh queue database opened as the daemon opens it: an SQLite file in tmp_path, then a fresh
+    database on the session's private PostgreSQL (SPEC §14: the same tests run on both engines)."""
     from daemon import models
-    db = models.open_database(tmp_path / "queue.db")
+    where = tmp_path / "queue.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    db = models.open_database(where)
     yield db
     db.close()
 

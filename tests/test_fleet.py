@@ -92,7 +92,8 @@ def test_killed_daemon_item_is_finished_by_another_from_its_part(make_daemon, fa
     assert served[-1] == (have, blob["size"]), served  # the taker fetched only what the part lacked
     owner = _query(pg_url, "SELECT node FROM downloads WHERE id = %s", download_id)
     assert owner == [("node-1",)]
-    assert "lease of node node-0 ran out" in second.logs()
+    logs = second.logs()  # taken over by the heartbeat, or at start when the lease had already run out
+    assert "lease of node node-0 ran out" in logs or "recovered 1 interrupted download" in logs
 
 
 def test_civitai_api_pacing_holds_for_the_fleet(make_daemon, fake, pg_url, tmp_path):
