@@ -17,6 +17,7 @@ from daemon.fleet import Fleet
 from daemon.manifest import Item
 from daemon.pacing import Pacer
 from daemon.queue import Queue
+from daemon.redact import Sealer
 from daemon.states import Status
 from daemon.views import Views
 
@@ -29,7 +30,7 @@ def db(engine):
 
 
 def _queue(node="n1", lease=60):
-    return Queue(Bus(), Views(), node=node, lease=lease)
+    return Queue(Bus(), Views(), Sealer(b"k" * 32), node=node, lease=lease)
 
 
 def _items(count, **extra):
