@@ -125,7 +125,16 @@ class Intake:
                 return Item(index=0, source=wanted.source, version_id=wanted.version_id)
             return Item(index=0, source=wanted.source,
                         error=f"{wanted.source}: hash {wanted.hash}{name} could not be resolved on Civitai: {exc}")
-        return self._from_version(version, wanted)
+        malformed = Item(index=0, source=wanted.source, error=f"{wanted.source}: hash {wanted.hash or ''}{name}: "
+                         "Civitai's answer is malformed (not a model version); try again later or add the model "
+                         "by hand")
+        if not isinstance(version, dict):
+            return malformed
+        try:  # a hostile or broken API answer must fail this item, not raise inside intake
+            item = self._from_version(version, wanted)
+        except (AttributeError, TypeError, ValueError):
+            return malformed
+        return item if item.url or item.version_id else malformed
 
     def _from_version(self, version, wanted):
         files = [f for f in version.get("files") or [] if isinstance(f, dict)]
@@ -136,6 +145,11 @@ class Intake:
         kind = (version.get("model") or {}).get("type")
         subdir = self.type_dirs.get(kind, self.type_dirs.get("Other", "Other")) if kind else None
         url = file.get("downloadUrl") if file and isinstance(file.get("downloadUrl"), str) else None
-        return Item(index=0, source=wanted.source, url=url, version_id=version.get("id"),
-                    model_id=version.get("modelId"), sha256=file_sha256(file),
+        return Item(index=0, source=wanted.source, url=url, version_id=_id(version.get("id")),
+                    model_id=_id(version.get("modelId")), sha256=file_sha256(file),
                     filename=sanitize_filename(file.get("name")) if file else None, subdir=subdir)
+
+
+def _id(value):
+    """A Civitai id as an int, or None when the answer holds something else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -1,0 +1,56 @@
+"""Regressions from the second attack on the daemon (issue 11, "a fresh attack finds nothing above low")."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from test_hostfiles import png
+
+
+class HostileApi:
+    """A Civitai API that answers every call with one fixed JSON body (status 200)."""
+
+    def __init__(self, body):
+        self.calls = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.calls += 1
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("answer", [[1, 2], {"model": {"type": ["Checkpoint"]}, "files": []},
+                                    {"id": 5, "files": [{"name": 7, "downloadUrl": "http://127.0.0.1:9/x"}]},
+                                    {"files": "abc"}])
+def test_malformed_by_hash_answer_fails_the_item_not_intake(make_daemon, answer):
+    """A by-hash answer of the wrong shape once raised inside intake: the PNG stayed in inbox/, retried for ever."""
+    api = HostileApi(answer)
+    try:
+        daemon = make_daemon(civitai_base_url=api.url, retries=0)
+        daemon.drop("shot.png", png({"parameters": "a castle\nSteps: 20, Model hash: 6ce0161689, Model: base"}))
+        folder, result = daemon.result("shot.png", timeout=60)
+        assert folder == "failed", result
+        text = json.dumps(result)
+        assert "6ce0161689" in text and "Civitai" in text, text
+        assert daemon.get("/healthz").status_code == 200
+        assert "Traceback" not in daemon.logs() + daemon.read_stderr()
+    finally:
+        api.stop()
