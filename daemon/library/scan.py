@@ -174,9 +174,10 @@ class Scanner:
         shas, errors_by_path = self._hash(found)
         self._set(phase="identifying")
         entries = store.load_all()
-        dirty, seen = self._compare(found, entries, shas, errors_by_path)
+        dirty, seen, retry = self._compare(found, entries, shas, errors_by_path)
         identifier = Identifier(self.client, self.pacer)
-        self._identify(dirty, entries, identifier)
+        self._identify(dirty + retry, entries, identifier)
+        dirty += [row for row in retry if row.version_id]  # unchanged unknown files written only when identified
         self._set(api_calls=identifier.calls)
         for problem in identifier.problems:
             self._status["errors"].append({"path": None, "error": problem})
@@ -226,8 +227,8 @@ class Scanner:
         return shas, errors_by_path
 
     def _compare(self, found, entries, shas, errors_by_path):
-        """Entries to write (new, changed, reappeared or still unidentified) and the paths seen."""
-        dirty, seen = [], set()
+        """Entries to write (new, changed, reappeared), the paths seen, and unchanged unknown entries to retry."""
+        dirty, seen, retry = [], set(), []
         new = changed = 0
         for f in found:
             seen.add(f.path)
@@ -238,18 +239,20 @@ class Scanner:
                 new += 1
             elif (row.size, row.mtime_ns, row.device, row.inode) != (f.size, f.mtime_ns, f.device, f.inode):
                 changed += 1
-            elif not row.missing and row.sha256 == sha and (row.version_id or not sha):
-                continue  # unchanged and settled: nothing to do (unknown hashes are retried below)
+            elif not row.missing and row.sha256 == sha:
+                if sha and not row.version_id:
+                    retry.append(row)  # a sidecar may have appeared, or the negative cache expired
+                continue  # unchanged: no write (a rescan of 20,000 files must not rewrite 20,000 rows)
             if row.sha256 != sha:
                 _clear_identity(row)
             row.root, row.size, row.device, row.inode, row.mtime_ns = f.root, f.size, f.device, f.inode, f.mtime_ns
             row.sha256, row.missing = sha, False
             dirty.append(row)
         self._set(new=new, changed=changed)
-        return dirty, seen
+        return dirty, seen, retry
 
     def _identify(self, dirty, entries, identifier):
-        """Identify dirty rows: our downloads, sidecars, twins in the library, then Civitai in bulk."""
+        """Identify rows: our downloads, sidecars, twins in the library, then Civitai in bulk."""
         pending = [row for row in dirty if row.sha256 and not row.version_id]
         if not pending:
             return
