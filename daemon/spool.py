@@ -3,9 +3,11 @@
 This is the only module that moves manifest files. Folder names are states.
 """
 import datetime
+import errno
 import json
 import logging
 import os
+import shutil
 import stat
 import threading
 import uuid
@@ -18,6 +20,8 @@ from .models import is_postgres, iso, utcnow
 from .states import ManifestStatus, Status
 
 log = logging.getLogger("daemon.spool")
+
+FILE_RETRY_SECONDS = 5.0
 
 
 def is_manifest_name(name):
@@ -43,11 +47,33 @@ def free_name(folder, name):
 
 
 def write_json_atomic(path, data):
+    """Write JSON under a temporary name, then rename it into place; no stray temp file on failure."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def move_file(source, target):
+    """Rename `source` to `target`; across file systems (EXDEV) copy to a temporary name, rename, unlink."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.unlink(source)
 
 
 class Spool:
@@ -182,14 +208,24 @@ class Spool:
             items = [{"index": r.manifest_index, "id": r.id, "status": r.state, "path": r.path,
                       "sha256": r.sha256, "verified": bool(r.verified), "bytes": r.bytes,
                       "error": r.error, **({"source": r.source} if r.source else {})} for r in rows]
-            with self._place_lock:
-                target = free_name(folder, record.name)
-                result = {"manifest": target, "status": status.value, "finished_at": iso(utcnow()), "errors": [],
-                          "items": items}
-                # Result first, then the manifest: a host app waiting for the manifest finds its result too.
-                write_json_atomic(folder / f"{_stem(target)}.result.json", result)
-                if source.exists():
-                    os.replace(source, folder / target)
+            try:
+                with self._place_lock:
+                    target = free_name(folder, record.name)
+                    result = {"manifest": target, "status": status.value, "finished_at": iso(utcnow()),
+                              "errors": [], "items": items}
+                    # Result first, then the manifest: a host app waiting for the manifest finds its result too.
+                    write_json_atomic(folder / f"{_stem(target)}.result.json", result)
+                    if source.exists():
+                        move_file(source, folder / target)
+            except OSError as exc:  # disk full, say: stay in processing/ and try again later
+                self._finished.discard(manifest_id)
+                (folder / f"{_stem(target)}.result.json").unlink(missing_ok=True)
+                log.error("manifest %s: cannot file it in %s (%s); trying again in %d s", record.name, folder,
+                          exc.strerror or exc, FILE_RETRY_SECONDS)
+                timer = threading.Timer(FILE_RETRY_SECONDS, self.maybe_finish, [manifest_id])
+                timer.daemon = True
+                timer.start()
+                return
             self.queue.finish_manifest(manifest_id, status, target)
         log.info("manifest %s: %s (%d item(s))", target, status, len(items))
         name = events.MANIFEST_DONE if ok else events.MANIFEST_FAILED
@@ -206,8 +242,8 @@ def _place(source, folder, name):
         except FileExistsError:
             target = free_name(folder, name)  # another daemon may take that one first: loop
             continue
-        except OSError:  # a file system without hard links
-            os.replace(source, folder / target)
+        except OSError:  # a file system without hard links, or another one (EXDEV)
+            move_file(source, folder / target)
             return target
         os.unlink(source)
         return target

@@ -4,7 +4,7 @@ Every test runs the real daemon process against the local fake Civitai and
 checks the end state on disk and in the SQLite file (opened read-only after
 the daemon stopped), not only what the API says.
 """
-import hashlib
+import json
 import os
 import random
 import re
@@ -17,16 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sha, wait_for
 
 MB = 1_000_000
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def files_under(folder):
@@ -97,7 +90,7 @@ def _crash_loop(make_daemon, fake, how, seed):
     assert not [p for p in files_under(downloads) if p.name.endswith(".part")]
     assert not (downloads / ".quarantine").exists() or not files_under(downloads / ".quarantine")
     expected = {info["sha256"]: info["filename"] for info in infos.values()}
-    assert {sha256_of(p): p.name for p in found} == expected
+    assert {sha(p): p.name for p in found} == expected
     for item in result["items"]:
         assert item["verified"] is True and item["bytes"] == CRASH_SIZE
         assert Path(item["path"]).is_file() and item["sha256"] in expected
@@ -196,7 +189,7 @@ def test_disk_full_tmpfs(make_daemon, fake, small_disk, known_size):
     retried = daemon.post(f"/api/downloads/{download_id}/retry")
     assert retried.status_code == 200, retried.text
     done = daemon.wait_state(download_id, "completed", timeout=60)
-    assert done["verified"] and sha256_of(disk.path / "big.bin") == big["sha256"]
+    assert done["verified"] and sha(disk.path / "big.bin") == big["sha256"]
     assert not list(disk.path.glob("*.part"))
 
 
@@ -216,7 +209,7 @@ def test_disk_full_keeps_part_for_resume(make_daemon, fake, small_disk):
     disk.grow()
     assert daemon.post(f"/api/downloads/{download_id}/retry").status_code == 200
     done = daemon.wait_state(download_id, "completed", timeout=60)
-    assert done["verified"] and sha256_of(disk.path / "resume.bin") == big["sha256"]
+    assert done["verified"] and sha(disk.path / "resume.bin") == big["sha256"]
     assert any("Range" in r.headers for r in fake.requests_to("files")), "the retry did not resume"
 
 
@@ -278,7 +271,7 @@ def test_disk_full_injected(tmp_path, fake, monkeypatch):
     monkeypatch.undo()
     result = fetcher.fetch(fetch_mod.Job(download_id=1, url=blob["url"], folder=tmp_path / "out",
                                          filename="inj.bin", expected_sha256=blob["sha256"]))
-    assert result.verified and sha256_of(result.path) == blob["sha256"]
+    assert result.verified and sha(result.path) == blob["sha256"]
 
 
 # -- the database ------------------------------------------------------------------
@@ -361,3 +354,37 @@ def test_concurrent_writes_under_load(make_daemon, fake):
     rows, _ = read_db(daemon.home / "completed.db")
     assert len(rows) == 120 and all(r["state"] == "completed" for r in rows)
     print(f"slowest status+list round trip under load: {slowest:.3f} s")
+
+
+def test_filing_a_manifest_survives_a_full_and_foreign_done_folder(make_daemon, fake, tmp_path):
+    """Issue 11 item 13: done/ on another file system (EXDEV) and full (ENOSPC): the manifest waits in
+    processing/, is filed once space is back (copy + unlink across file systems), and no temp file stays."""
+    if not _can_mount(tmp_path):
+        if os.environ.get("CI"):
+            pytest.fail("mounting a tmpfs needs root (CI runs as root)")
+        pytest.skip("mounting a tmpfs needs root")
+    done = tmp_path / "done-fs"
+    assert _mount_tmpfs(done, "1m")
+    try:
+        filler = done / "filler"
+        with open(filler, "wb") as handle:  # fill it to the last byte
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        blob = fake.add_blob("filed.bin", size=5000)
+        daemon = make_daemon(done_dir=str(done))
+        daemon.drop("filed.json", {"url": blob["url"], "sha256": blob["sha256"]})
+        wait_for(lambda: "cannot file it" in daemon.logs(), 30, message="the failed filing logged")
+        assert (daemon.home / "processing" / "filed.json").exists()
+        filler.unlink()
+        wait_for(lambda: (done / "filed.result.json").exists() and (done / "filed.json").exists(), 30,
+                 message="filed once space is back")
+        assert not (daemon.home / "processing" / "filed.json").exists()
+        assert not [p.name for p in done.iterdir() if p.name.endswith(".tmp")]
+        assert json.loads((done / "filed.result.json").read_text())["status"] == "done"
+        assert daemon.get("/api/manifests").json()["items"][0]["status"] == "done"
+    finally:
+        subprocess.run(["umount", "-l", str(done)], check=False)

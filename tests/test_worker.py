@@ -170,3 +170,18 @@ def test_user_actions_follow_the_table(core, fake):
             raise AssertionError(f"{action} from queued was accepted")
     assert parts.queue.action(download_id, "cancel")["state"] == "cancelled"
     assert parts.queue.action(download_id, "retry")["state"] == "queued"
+
+
+def test_finishing_a_manifest_counts_pending_items_instead_of_loading_them(core, fake):
+    """Issue 11 item 12: each item's end used to load every row of its manifest (quadratic for 10,000)."""
+    parts = core()
+    blob = fake.add_blob("many.bin", size=100)
+    record = parts.queue.create_manifest("many.json", items=200)
+    (parts.spool.processing / "many.json").write_text("{}")
+    enqueue(parts, *[{"url": blob["url"], "filename": f"m{i}.bin"} for i in range(200)], manifest=record)
+    loads = []
+    original = parts.queue.manifest_items
+    parts.queue.manifest_items = lambda manifest_id: loads.append(manifest_id) or original(manifest_id)
+    assert parts.pool.run_until_idle() == 200
+    assert loads == [record.id], "the rows are loaded once, to write the result"
+    assert json.loads((parts.spool.done / "many.result.json").read_text())["status"] == "done"
