@@ -211,3 +211,22 @@ def test_states_and_tabs_come_from_the_page_modules(make_daemon, gui):
     expect(page.locator('[data-view="downloads"]')).to_be_visible()
     expect(page.locator('[data-view="library"]')).to_be_hidden()
     assert not view.console_errors, view.console_errors
+
+
+def test_retry_all_failed_button(make_daemon, fake, gui):
+    """Issue 11 note: after an outage one click retries every failed row."""
+    daemon = make_daemon(retries=0)
+    blobs = [fake.add_blob(f"gui-outage{i}.bin", size=700) for i in range(2)]
+    fake.faults.status_5xx = -1
+    ids = [daemon.post("/api/download", {"url": b["url"]}).json()["id"] for b in blobs]
+    for download_id in ids:
+        daemon.wait_state(download_id, "failed")
+    fake.faults.status_5xx = 0
+    view = gui(daemon)
+    page = view.open()
+    page.click("#retry-failed")
+    expect(page.locator("#retry-failed")).to_have_text("Retried 2")
+    for download_id in ids:
+        assert daemon.wait_state(download_id, {"completed", "failed"})["state"] == "completed"
+    expect(page.locator("#metric-completed")).to_have_text("2")
+    assert not view.console_errors, view.console_errors

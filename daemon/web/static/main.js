@@ -52,6 +52,21 @@ const downloadsView = {
         table.setup();
         add.setup();
         updates.setup();
+        $('#retry-failed').addEventListener('click', async (ev) => {
+          const button = ev.currentTarget;
+          button.disabled = true;
+          try {
+            const { count } = await call('api/downloads/retry-failed', { method: 'POST' });
+            setText(button, count ? `Retried ${count}` : 'None failed');
+            table.load();
+            refreshStatus();
+          } catch (err) {
+            if (err.status !== 401) setText(button, 'Retry failed: see the log');
+          } finally {
+            button.disabled = false;
+            setTimeout(() => setText(button, 'Retry all failed'), 3000);
+          }
+        });
       },
       load() {
         table.load();
