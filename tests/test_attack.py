@@ -1,5 +1,6 @@
 """Regressions from the second attack on the daemon (issue 11, "a fresh attack finds nothing above low")."""
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -54,3 +55,37 @@ def test_malformed_by_hash_answer_fails_the_item_not_intake(make_daemon, answer)
         assert "Traceback" not in daemon.logs() + daemon.read_stderr()
     finally:
         api.stop()
+
+
+def _scan(d):
+    from test_library import scan
+    return scan(d)
+
+
+def test_library_preview_is_never_served_through_a_symlink(make_daemon, tmp_path):
+    """A `.preview.png` in a library root that links to a file outside was served as the entry's image."""
+    root = tmp_path / "models"
+    (root / "Lora").mkdir(parents=True)
+    (root / "Lora" / "style.safetensors").write_bytes(b"\x00model style" * 100)
+    outside = tmp_path / "private.png"
+    outside.write_bytes(b"\x89PNG\r\n\x1a\nSECRET-OUTSIDE-THE-LIBRARY")
+    (root / "Lora" / "style.preview.png").symlink_to(outside)
+    d = make_daemon(library={"roots": [str(root)], "scan_on_start": False})
+    _scan(d)
+    items = d.get("/api/library", params={"limit": 100}).json()["items"]
+    entry = next(i for i in items if i["path"].endswith("style.safetensors"))
+    answer = d.get(f"/api/library/{entry['id']}/preview")
+    assert answer.status_code == 404, answer.status_code
+    assert b"SECRET" not in answer.content
+
+
+def test_a_fifo_sidecar_does_not_hang_the_scan(make_daemon, tmp_path):
+    """A FIFO named `<model>.civitai.info` blocked the scan in open() for ever (every later scan: 409)."""
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "a.safetensors").write_bytes(b"\x00model a" * 100)
+    os.mkfifo(root / "a.civitai.info")
+    d = make_daemon(library={"roots": [str(root)], "scan_on_start": False})
+    status = _scan(d)
+    assert status["state"] == "done", status
+    assert d.get("/healthz").status_code == 200

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 
 MAX_SIDECAR = 4 << 20
 _HEX64 = re.compile(r"\b([0-9a-fA-F]{64})\b")
@@ -113,11 +114,13 @@ def read(model_path):
     for suffix, kind, parse, is_json in KINDS:
         path = stem + suffix
         try:
-            info = os.stat(path)
-            if info.st_size > MAX_SIDECAR:
-                continue
-            with open(path, encoding="utf-8-sig", errors="replace") as handle:
-                text = handle.read()
+            # O_NONBLOCK: a FIFO under a sidecar's name must not hang the scan in open()
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), encoding="utf-8-sig",
+                      errors="replace") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SIDECAR:
+                    continue
+                text = handle.read(MAX_SIDECAR)
         except OSError:
             continue
         try:
