@@ -164,3 +164,25 @@ def test_update_all_cli(fake, make_daemon, tmp_path):
     wait_for(lambda: d.get("/api/updates").json()["items"][0]["state"] == "applied", 60, message="applied")
     assert not (root / "m.safetensors").exists()
     assert list((root / ".replaced").rglob("m.safetensors"))
+
+
+def test_telegram_gets_one_summary_per_check_by_default_not_one_message_per_update(fake, make_daemon, tmp_path,
+                                                                                   make_hook):
+    root = tmp_path / "library"
+    for m in range(1, 6):
+        fake.add_model(m, f"Many {m}", "LORA")
+        fake.add_version(m, m * 10, "v1", data=content(f"many-{m}"))
+        put(root / f"m{m}.safetensors", content(f"many-{m}"))
+    bot = make_hook(reply={"ok": True, "result": {"message_id": 1}})
+    d = make_daemon(library={"roots": [str(root)]}, telegram={"bot_token": "123:bot-secret", "chat_id": 7},
+                    telegram_api_base=bot.url,
+                    update_check={"enabled": False, "time": "04:00", "auto_download": False})
+    wait_for(lambda: d.get("/api/library/scan").json()["state"] == "done", 60, message="scan")
+    for m in range(1, 6):
+        fake.add_version(m, m * 10 + 1, "v2", size=3000)
+    assert requests.post(d.url + "/api/updates/check", timeout=60).json()["summary"]["found"] == 5
+    messages = wait_for(lambda: bot.json_posts(), 10, message="the Telegram summary")
+    assert d.stop() == 0
+    assert len(bot.json_posts()) == 1, [m["text"] for m in bot.json_posts()]
+    text = messages[0]["text"]
+    assert text.startswith("🔎 Update check: 5 update(s) found") and "• 5 not applied: notify" in text
