@@ -124,7 +124,7 @@ def _inside(download_dir, path):
 
 def _resolve_folder(download_dir, subdir):
     """The worker's own folder check (the symlink guard lives there, not in the pure parser)."""
-    pool = types.SimpleNamespace(download_dir=Path(download_dir).resolve(),
+    pool = types.SimpleNamespace(download_dir=Path(download_dir).resolve(), library_roots=[],
                                  settings=types.SimpleNamespace(type_dirs={}))
     row = types.SimpleNamespace(subdir=subdir)
     return WorkerPool._folder(pool, row, None)
