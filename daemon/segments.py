@@ -1,0 +1,197 @@
+"""Segment planning for one download over several connections (SPEC §12): the byte ranges
+already on disk, the segments still to fetch, work stealing, and the small JSON file that
+keeps the completed ranges across a crash.
+
+Pure logic apart from `load_ranges` / `save_ranges`; the transfer itself is in `segmented.py`.
+"""
+import dataclasses
+import json
+import os
+import threading
+from pathlib import Path
+
+
+class RangeSet:
+    """Sorted, disjoint, merged half-open byte ranges [start, end)."""
+
+    def __init__(self, spans=()):
+        self.spans = []
+        for start, end in spans:
+            self.add(start, end)
+
+    def add(self, start, end):
+        if end <= start:
+            return
+        merged = []
+        for a, b in self.spans:
+            if b < start or a > end:     # disjoint and not touching
+                merged.append((a, b))
+            else:                        # overlapping or adjacent: absorb
+                start, end = min(a, start), max(b, end)
+        merged.append((start, end))
+        merged.sort()
+        self.spans = merged
+
+    def total(self):
+        return sum(b - a for a, b in self.spans)
+
+    def prefix(self):
+        """End of the contiguous run that starts at byte 0 (0 when byte 0 is missing)."""
+        return self.spans[0][1] if self.spans and self.spans[0][0] == 0 else 0
+
+    def gaps(self, size):
+        """The ranges of [0, size) not in the set."""
+        out, pos = [], 0
+        for a, b in self.spans:
+            if a > pos:
+                out.append((pos, min(a, size)))
+            pos = max(pos, b)
+        if pos < size:
+            out.append((pos, size))
+        return [(a, b) for a, b in out if b > a]
+
+    def run_from(self, pos):
+        """The end of the range that covers `pos`, or None when `pos` is not in the set."""
+        for a, b in self.spans:
+            if a <= pos < b:
+                return b
+        return None
+
+    def __eq__(self, other):
+        return isinstance(other, RangeSet) and self.spans == other.spans
+
+    def __repr__(self):
+        return f"RangeSet({self.spans})"
+
+
+@dataclasses.dataclass
+class Segment:
+    """Bytes [start, end) to fetch; `pos` is the next byte not yet written."""
+    start: int
+    end: int
+    pos: int = None
+    owner: object = None  # the connection working on it, None while unclaimed
+
+    def __post_init__(self):
+        if self.pos is None:
+            self.pos = self.start
+
+    @property
+    def remaining(self):
+        return self.end - self.pos
+
+    def as_dict(self):
+        return {"start": self.start, "end": self.end, "done": self.pos - self.start}
+
+
+class Planner:
+    """Hands segments to connections and splits the slowest one when a connection is free.
+
+    Thread-safe: every connection thread calls `claim`, `advance` and `release`.
+    """
+
+    def __init__(self, size, have, connections, segment_min):
+        self.size = size
+        self.segment_min = max(1, segment_min)
+        self._lock = threading.Lock()
+        self.have = RangeSet(have.spans if isinstance(have, RangeSet) else have)
+        self.segments = []
+        gaps = self.have.gaps(size)
+        pieces = _split_evenly(gaps, connections, self.segment_min)
+        self.segments = [Segment(a, b) for a, b in pieces]
+
+    def claim(self, owner, first=None):
+        """The next segment for `owner`: the one starting at `first` if given, else an unclaimed one,
+        else the second half of the segment with most left (if both halves are ≥ segment_min)."""
+        with self._lock:
+            free = [s for s in self.segments if s.owner is None and s.remaining > 0]
+            if first is not None:
+                free = [s for s in free if s.pos == first] or free
+            if free:
+                seg = min(free, key=lambda s: s.pos)
+                seg.owner = owner
+                return seg
+            busy = [s for s in self.segments if s.owner is not None and s.remaining >= 2 * self.segment_min]
+            if not busy:
+                return None
+            victim = max(busy, key=lambda s: s.remaining)
+            middle = victim.pos + victim.remaining // 2
+            stolen = Segment(middle, victim.end, owner=owner)
+            victim.end = middle  # its connection stops at the new end
+            self.segments.append(stolen)
+            self.segments.sort(key=lambda s: s.start)
+            return stolen
+
+    def advance(self, seg, n):
+        """Record `n` bytes written at seg.pos; returns how many more the segment wants."""
+        with self._lock:
+            self.have.add(seg.pos, seg.pos + n)
+            seg.pos += n
+            return seg.end - seg.pos
+
+    def release(self, seg):
+        """The connection stops working on `seg` (finished, or gave up: it can be claimed again)."""
+        with self._lock:
+            seg.owner = None
+            if seg.remaining <= 0:
+                self.segments.remove(seg)
+
+    def finished(self):
+        with self._lock:
+            return self.have.total() >= self.size and not self.have.gaps(self.size)
+
+    def snapshot(self):
+        """The completed ranges and the segments (start, end, done) as plain data."""
+        with self._lock:
+            return list(self.have.spans), [s.as_dict() for s in self.segments]
+
+    def in_flight(self):
+        with self._lock:
+            return sum(1 for s in self.segments if s.owner is not None)
+
+
+def _split_evenly(gaps, connections, segment_min):
+    """Cut the gaps into about `connections` pieces, none shorter than segment_min (unless a gap is)."""
+    pieces = list(gaps)
+    while len(pieces) < connections:
+        biggest = max(pieces, key=lambda p: p[1] - p[0], default=None)
+        if biggest is None or biggest[1] - biggest[0] < 2 * segment_min:
+            break
+        a, b = biggest
+        # cut so the count comes out right: a gap big enough for k pieces is cut into halves, repeatedly
+        middle = a + (b - a) // 2
+        pieces.remove(biggest)
+        pieces += [(a, middle), (middle, b)]
+    return sorted(pieces)
+
+
+# -- the completed ranges beside the part -------------------------------------------
+
+def ranges_path(part):
+    """The JSON file that lists the completed ranges of `part`."""
+    from .fetch import fit_name  # noqa: PLC0415 (fetch imports this module)
+    part = Path(part)
+    return part.with_name(fit_name(part.name, ".ranges"))
+
+
+def save_ranges(part, validator, spans):
+    """Write the completed ranges atomically (a crash leaves the old or the new list, never half)."""
+    path = ranges_path(part)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"validator": validator, "done": [list(s) for s in spans]}))
+    os.replace(tmp, path)
+
+
+def load_ranges(part):
+    """(validator, RangeSet) from the file beside `part`, or None when there is none or it is unreadable."""
+    try:
+        data = json.loads(ranges_path(part).read_text())
+        spans = RangeSet((int(a), int(b)) for a, b in data["done"])
+        return dict(data["validator"]), spans
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def drop_ranges(part):
+    ranges_path(part).unlink(missing_ok=True)
+    ranges_path(part).with_name(ranges_path(part).name + ".tmp").unlink(missing_ok=True)

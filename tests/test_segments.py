@@ -1,0 +1,130 @@
+"""Pure logic of segmented transfers: ranges, planning, work stealing, the prefix hash."""
+import hashlib
+import os
+import random
+import threading
+
+from daemon.prefixhash import PrefixHasher
+from daemon.segments import Planner, RangeSet, load_ranges, ranges_path, save_ranges
+
+MiB = 1 << 20
+
+
+def test_rangeset_merges_and_reports_gaps():
+    r = RangeSet([(10, 20), (30, 40)])
+    r.add(20, 30)  # touching both: one range
+    assert r.spans == [(10, 40)]
+    r.add(50, 60)
+    r.add(55, 70)
+    assert r.spans == [(10, 40), (50, 70)] and r.total() == 50
+    assert r.gaps(100) == [(0, 10), (40, 50), (70, 100)]
+    assert r.prefix() == 0 and RangeSet([(0, 5), (6, 9)]).prefix() == 5
+    assert r.run_from(12) == 40 and r.run_from(45) is None
+
+
+def test_plan_splits_into_connections_of_at_least_segment_min():
+    p = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB)
+    assert [(s.start, s.end) for s in p.segments] == [(i * 256 * MiB, (i + 1) * 256 * MiB) for i in range(4)]
+    small = Planner(100 * MiB, RangeSet(), 4, 64 * MiB)  # two 64 MiB pieces do not fit: one segment
+    assert len(small.segments) == 1
+    two = Planner(130 * MiB, RangeSet(), 4, 64 * MiB)
+    assert len(two.segments) == 2 and all(s.end - s.start >= 64 * MiB for s in two.segments)
+
+
+def test_plan_covers_only_the_gaps_of_a_resumed_part():
+    have = RangeSet([(0, 100), (300, 400)])
+    p = Planner(1000, have, 2, 100)
+    pieces = [(s.start, s.end) for s in p.segments]
+    covered = RangeSet(pieces)
+    assert covered.spans == [(100, 300), (400, 1000)]
+    assert not any(a < 100 or (300 <= a < 400) for a, _ in pieces)
+
+
+def test_claim_steals_the_second_half_of_the_largest_remaining_segment():
+    p = Planner(400, RangeSet(), 2, 50)
+    a, b = p.claim("A"), p.claim("B")
+    assert (a.start, a.end, b.start, b.end) == (0, 200, 200, 400)
+    assert p.advance(a, 200) == 0
+    p.release(a)
+    p.advance(b, 20)  # B is slow: 180 left
+    stolen = p.claim("A")
+    assert (stolen.start, stolen.end) == (310, 400) and b.end == 310
+    p.advance(b, 90)
+    p.release(b)
+    assert p.claim("B") is None  # 90 left in the stolen half: too little to split again
+
+
+def test_no_steal_below_twice_segment_min_and_released_segments_are_reclaimed():
+    p = Planner(300, RangeSet(), 1, 100)
+    seg = p.claim("A")
+    p.advance(seg, 150)
+    assert p.claim("B") is None  # 150 left < 2 × 100
+    p.release(seg)  # A gives up (connection lost)
+    again = p.claim("B")
+    assert again is seg and again.pos == 150
+    _, segments = p.snapshot()
+    assert segments == [{"start": 0, "end": 300, "done": 150}]
+
+
+def test_ranges_file_round_trip_and_garbage(tmp_path):
+    part = tmp_path / "model.safetensors.7.part"
+    save_ranges(part, {"etag": '"x"', "total": 10}, [(0, 4), (6, 8)])
+    validator, have = load_ranges(part)
+    assert validator == {"etag": '"x"', "total": 10} and have.spans == [(0, 4), (6, 8)]
+    ranges_path(part).write_text("{not json")
+    assert load_ranges(part) is None
+    assert load_ranges(tmp_path / "none.part") is None
+
+
+def _write_out_of_order(tmp_path, data, pieces, threads=1):
+    path = tmp_path / "f.part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        hasher = PrefixHasher(fd)
+        def work(my):
+            for a, b in my:
+                os.pwrite(fd, data[a:b], a)
+                hasher.feed(a, memoryview(data)[a:b])
+        groups = [pieces[i::threads] for i in range(threads)]
+        ts = [threading.Thread(target=work, args=(g,)) for g in groups]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return hasher
+    finally:
+        os.close(fd)
+
+
+def test_prefix_hasher_in_order_reads_nothing_back(tmp_path):
+    data = os.urandom(3 * MiB)
+    pieces = [(i, min(i + 65536, len(data))) for i in range(0, len(data), 65536)]
+    h = _write_out_of_order(tmp_path, data, pieces)
+    assert h.prefix == len(data) and h.hexdigest() == hashlib.sha256(data).hexdigest() and h.reread == 0
+
+
+def test_prefix_hasher_out_of_order_and_concurrent(tmp_path):
+    data = os.urandom(2 * MiB + 123)
+    rng = random.Random(5)
+    cuts = sorted(rng.sample(range(1, len(data)), 60))
+    pieces = list(zip([0] + cuts, cuts + [len(data)]))
+    rng.shuffle(pieces)
+    h = _write_out_of_order(tmp_path, data, pieces, threads=4)
+    assert h.prefix == len(data) and h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert 0 < h.reread < len(data)  # pieces ahead came back from the page cache, not the whole file
+
+
+def test_prefix_hasher_resumes_with_ranges_already_on_disk(tmp_path):
+    data = os.urandom(1 * MiB)
+    path = tmp_path / "f.part"
+    path.write_bytes(data[:300_000] + b"\0" * 100_000 + data[400_000:600_000])
+    fd = os.open(path, os.O_RDWR)
+    try:
+        hasher = hashlib.sha256(data[:300_000])  # the prefix hashed once at startup
+        h = PrefixHasher(fd, hasher, prefix=300_000, ahead=[(400_000, 600_000)])
+        for a, b in ((600_000, len(data)), (300_000, 400_000)):
+            os.pwrite(fd, data[a:b], a)
+            h.feed(a, memoryview(data)[a:b])
+        assert h.prefix == len(data) and h.hexdigest() == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
