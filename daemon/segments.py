@@ -8,7 +8,10 @@ import dataclasses
 import json
 import os
 import threading
+import time
 from pathlib import Path
+
+STEAL_ETA = 2.0  # a busy segment is split only when its own rate needs longer than this to finish it
 
 
 class RangeSet:
@@ -71,10 +74,20 @@ class Segment:
     end: int
     pos: int = None
     owner: object = None  # the connection working on it, None while unclaimed
+    claimed_at: float = 0.0
+    claimed_pos: int = 0
 
     def __post_init__(self):
         if self.pos is None:
             self.pos = self.start
+
+    def eta(self, now):
+        """Seconds this segment's connection needs for the rest at its rate so far (None: too early to say)."""
+        elapsed = now - self.claimed_at
+        got = self.pos - self.claimed_pos
+        if elapsed < 0.5 or got <= 0:
+            return None if elapsed < 0.5 else float("inf")
+        return self.remaining / (got / elapsed)
 
     @property
     def remaining(self):
@@ -90,44 +103,77 @@ class Planner:
     Thread-safe: every connection thread calls `claim`, `advance` and `release`.
     """
 
-    def __init__(self, size, have, connections, segment_min):
+    def __init__(self, size, have, connections, segment_min, first_end=None, clock=time.monotonic,
+                 steal_eta=STEAL_ETA):
+        self.clock = clock
+        self.steal_eta = steal_eta
         self.size = size
         self.segment_min = max(1, segment_min)
         self._lock = threading.Lock()
         self.have = RangeSet(have.spans if isinstance(have, RangeSet) else have)
-        self.segments = []
         gaps = self.have.gaps(size)
-        pieces = _split_evenly(gaps, connections, self.segment_min)
+        first = []
+        if first_end is not None and gaps and gaps[0][0] < first_end < gaps[0][1]:
+            # The first request already asked for [gap start, first_end): that piece is fixed.
+            first = [gaps[0][:1] + (first_end,)]
+            gaps[0] = (first_end, gaps[0][1])
+            connections -= 1
+        pieces = first + _split_evenly(gaps, connections, self.segment_min)
         self.segments = [Segment(a, b) for a, b in pieces]
 
     def claim(self, owner, first=None):
         """The next segment for `owner`: the one starting at `first` if given, else an unclaimed one,
         else the second half of the segment with most left (if both halves are ≥ segment_min)."""
         with self._lock:
+            now = self.clock()
             free = [s for s in self.segments if s.owner is None and s.remaining > 0]
             if first is not None:
                 free = [s for s in free if s.pos == first] or free
             if free:
                 seg = min(free, key=lambda s: s.pos)
-                seg.owner = owner
-                return seg
-            busy = [s for s in self.segments if s.owner is not None and s.remaining >= 2 * self.segment_min]
-            if not busy:
+                return self._give(seg, owner, now)
+            slow = [s for s in self.segments if s.owner is not None and s.remaining >= 2 * self.segment_min
+                    and (s.eta(now) or 0) >= self.steal_eta]
+            if not slow:
                 return None
-            victim = max(busy, key=lambda s: s.remaining)
+            victim = max(slow, key=lambda s: s.remaining)
             middle = victim.pos + victim.remaining // 2
-            stolen = Segment(middle, victim.end, owner=owner)
+            stolen = Segment(middle, victim.end)
             victim.end = middle  # its connection stops at the new end
             self.segments.append(stolen)
             self.segments.sort(key=lambda s: s.start)
-            return stolen
+            return self._give(stolen, owner, now)
+
+    def _give(self, seg, owner, now):
+        seg.owner, seg.claimed_at, seg.claimed_pos = owner, now, seg.pos
+        return seg
+
+    def wants_steal(self):
+        """True when some busy segment is slow enough that a free connection should wait for a split."""
+        with self._lock:
+            now = self.clock()
+            return any(s.owner is not None and s.remaining >= 2 * self.segment_min and
+                       (s.eta(now) is None or s.eta(now) >= self.steal_eta) for s in self.segments)
+
+    def reserve(self, seg, n):
+        """Take up to `n` bytes at seg.pos for writing (fewer when a steal shortened the segment);
+        returns (offset, count). The bytes count as done only after `commit`."""
+        with self._lock:
+            count = max(0, min(n, seg.end - seg.pos))
+            offset = seg.pos
+            seg.pos += count
+            return offset, count
+
+    def commit(self, offset, count):
+        """Bytes [offset, offset + count) are written to the part."""
+        with self._lock:
+            self.have.add(offset, offset + count)
 
     def advance(self, seg, n):
-        """Record `n` bytes written at seg.pos; returns how many more the segment wants."""
-        with self._lock:
-            self.have.add(seg.pos, seg.pos + n)
-            seg.pos += n
-            return seg.end - seg.pos
+        """reserve + commit in one step; returns how many more bytes the segment wants."""
+        offset, count = self.reserve(seg, n)
+        self.commit(offset, count)
+        return seg.end - seg.pos
 
     def release(self, seg):
         """The connection stops working on `seg` (finished, or gave up: it can be claimed again)."""
@@ -138,7 +184,11 @@ class Planner:
 
     def finished(self):
         with self._lock:
-            return self.have.total() >= self.size and not self.have.gaps(self.size)
+            return not self.have.gaps(self.size)
+
+    def done(self):
+        with self._lock:
+            return self.have.total()
 
     def snapshot(self):
         """The completed ranges and the segments (start, end, done) as plain data."""
@@ -150,21 +200,33 @@ class Planner:
             return sum(1 for s in self.segments if s.owner is not None)
 
 
+def first_request_end(size, have, connections, segment_min):
+    """Where the first request of a segmented download should stop (its segment of an even split),
+    or None when the download is not worth splitting. A bounded first request is never cut short,
+    so no byte it carried is fetched again."""
+    gaps = RangeSet(have).gaps(size) if not isinstance(have, RangeSet) else have.gaps(size)
+    if not gaps:
+        return None
+    start, end = gaps[0]
+    left = sum(b - a for a, b in gaps)
+    if connections <= 1 or left < 2 * segment_min:
+        return end if len(gaps) > 1 else None  # holes from an earlier run: stop at the first one
+    return min(end, start + max(segment_min, left // connections))
+
+
 def _split_evenly(gaps, connections, segment_min):
-    """Cut the gaps into about `connections` pieces, none shorter than segment_min (unless a gap is)."""
-    pieces = list(gaps)
-    while len(pieces) < connections:
-        biggest = max(pieces, key=lambda p: p[1] - p[0], default=None)
-        if biggest is None or biggest[1] - biggest[0] < 2 * segment_min:
+    """Cut the gaps into about `connections` equal pieces, none shorter than segment_min (unless a gap is)."""
+    counts = [1] * len(gaps)
+    while sum(counts) < connections:
+        best = max(range(len(gaps)), key=lambda i: (gaps[i][1] - gaps[i][0]) / counts[i], default=None)
+        if best is None or (gaps[best][1] - gaps[best][0]) // (counts[best] + 1) < segment_min:
             break
-        a, b = biggest
-        # cut so the count comes out right: a gap big enough for k pieces is cut into halves, repeatedly
-        middle = a + (b - a) // 2
-        pieces.remove(biggest)
-        pieces += [(a, middle), (middle, b)]
-    return sorted(pieces)
-
-
+        counts[best] += 1
+    pieces = []
+    for (a, b), k in zip(gaps, counts):
+        cuts = [a + (b - a) * i // k for i in range(k)] + [b]
+        pieces += list(zip(cuts, cuts[1:]))
+    return pieces
 # -- the completed ranges beside the part -------------------------------------------
 
 def ranges_path(part):

@@ -40,18 +40,32 @@ def test_plan_covers_only_the_gaps_of_a_resumed_part():
     assert not any(a < 100 or (300 <= a < 400) for a, _ in pieces)
 
 
-def test_claim_steals_the_second_half_of_the_largest_remaining_segment():
-    p = Planner(400, RangeSet(), 2, 50)
+def test_claim_steals_the_second_half_of_a_slow_segment():
+    now = [100.0]
+    p = Planner(400, RangeSet(), 2, 50, clock=lambda: now[0])
     a, b = p.claim("A"), p.claim("B")
     assert (a.start, a.end, b.start, b.end) == (0, 200, 200, 400)
     assert p.advance(a, 200) == 0
     p.release(a)
-    p.advance(b, 20)  # B is slow: 180 left
+    assert p.claim("A") is None and p.wants_steal()  # B's rate is not known yet: wait for it
+    now[0] += 1.0
+    p.advance(b, 20)  # B is slow: 20 bytes/s, 180 left = 9 s
     stolen = p.claim("A")
     assert (stolen.start, stolen.end) == (310, 400) and b.end == 310
     p.advance(b, 90)
     p.release(b)
-    assert p.claim("B") is None  # 90 left in the stolen half: too little to split again
+    assert p.claim("B") is None and not p.wants_steal()  # 90 left in the stolen half: too little to split
+
+
+def test_a_segment_about_to_finish_is_not_split():
+    now = [0.0]
+    p = Planner(1000, RangeSet(), 2, 100, clock=lambda: now[0])
+    a, b = p.claim("A"), p.claim("B")
+    p.advance(a, 500)
+    p.release(a)
+    now[0] += 1.0
+    p.advance(b, 300)  # 300 bytes/s, 200 left: done in under a second
+    assert p.claim("A") is None and not p.wants_steal()
 
 
 def test_no_steal_below_twice_segment_min_and_released_segments_are_reclaimed():
@@ -128,3 +142,15 @@ def test_prefix_hasher_resumes_with_ranges_already_on_disk(tmp_path):
         assert h.prefix == len(data) and h.hexdigest() == hashlib.sha256(data).hexdigest()
     finally:
         os.close(fd)
+
+
+def test_first_request_end_is_the_first_piece_of_an_even_split():
+    from daemon.segments import first_request_end
+    assert first_request_end(1024 * MiB, RangeSet(), 4, 64 * MiB) == 256 * MiB
+    assert first_request_end(100 * MiB, RangeSet(), 4, 64 * MiB) is None  # too small to split
+    assert first_request_end(1024 * MiB, RangeSet(), 1, 64 * MiB) is None  # connections: 1
+    holes = RangeSet([(0, 10 * MiB), (20 * MiB, 30 * MiB)])
+    assert first_request_end(40 * MiB, holes, 4, 64 * MiB) == 20 * MiB  # a resumed part stops at its next range
+    p = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB, first_end=256 * MiB)
+    assert [(s.start, s.end) for s in p.segments] == [(i * 256 * MiB, (i + 1) * 256 * MiB) for i in range(4)]
+    assert RangeSet((s.start, s.end) for s in p.segments).spans == [(0, 1024 * MiB)]
