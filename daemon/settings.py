@@ -61,6 +61,17 @@ def parse_rate(value):
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def parse_size(value):
+    """Bytes from 67108864 or strings like '64MiB', '100MB' (read like `throttle`), at least 1 MiB."""
+    try:
+        size = parse_rate(value)
+    except ValueError:
+        raise ValueError("expected bytes or a size such as \"64MiB\" or \"100MB\"") from None
+    if size < 2**20:
+        raise ValueError("must be at least 1MiB (1048576 bytes)")
+    return size
+
+
 def _port(value):
     if value is None:
         return None
@@ -232,6 +243,11 @@ SETTINGS = [
     Setting("backoff_max", 60, _number(0), "longest wait between retries, seconds"),
     Setting("timeout", 30, _number(1), "seconds for connect and for each read (and the stall window)"),
     Setting("throttle", 0, parse_rate, "total rate cap over all workers: bytes/s or \"20MB\", \"10MiB\"; 0 = unlimited"),
+    Setting("connections", 4, _int(1, 16), "connections per download for files of at least 2 × segment_min from "
+            "servers that support ranges; 1 = one connection (segmenting off)"),
+    Setting("max_connections_per_host", 4, _int(1, 64), "connections to one host across all downloads"),
+    Setting("segment_min", "64MiB", parse_size, "smallest segment of a download over several connections: bytes "
+            "or \"64MiB\", \"100MB\""),
     Setting("webhook_url", None, _url, "where event JSON is POSTed"),
     Setting("webhook_secret", None, _opt_str, "HMAC-SHA256 key for the X-Civitai-Daemon-Signature header"),
     Setting("log_level", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
