@@ -36,6 +36,14 @@ class Progress:
                     item["eta"] = round(max(0, total - done) / item["speed"], 1)
             self.version += 1
 
+    def segments(self, download_id, connections, segments):
+        """A segmented download's open connections and its [{start, end, done}] (SPEC §12)."""
+        with self._lock:
+            item = self._items.get(download_id)
+            if item is not None:
+                item["connections"], item["segments"] = connections, segments
+                self.version += 1
+
     def pop(self, download_id, default=None):
         with self._lock:
             self.version += 1
@@ -52,5 +60,8 @@ class Progress:
 
 
 def _public(download_id, item):
-    return {"id": download_id, "filename": item["filename"], "bytes": item["bytes"], "total": item["total"],
-            "speed": round(item["speed"], 1), "eta": item["eta"]}
+    data = {"id": download_id, "filename": item["filename"], "bytes": item["bytes"], "total": item["total"],
+            "speed": round(item["speed"], 1), "eta": item["eta"], "connections": item.get("connections", 1)}
+    if item.get("segments"):
+        data["segments"] = item["segments"]
+    return data

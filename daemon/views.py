@@ -34,6 +34,7 @@ def download_dict(row, progress=None, manifest=None):
         "expected_sha256": row.expected_sha256, "verified": bool(row.verified),
         "bytes": live["bytes"] if live else row.bytes, "total": (live or {}).get("total") or row.total,
         "speed": live["speed"] if live else 0.0, "eta": live["eta"] if live else None,
+        "connections": live["connections"] if live else 0,
         "priority": row.priority, "manifest": manifest,
         "modelId": row.model_id, "modelVersionId": row.version_id,
         "model_name": row.model_name, "version_name": row.version_name,
@@ -47,6 +48,8 @@ def download_dict(row, progress=None, manifest=None):
                        if row.state == Status.COMPLETED and row.path and row.civitai_info
                        and find_preview(row.path) else None)  # only Civitai downloads get sidecars
     data["nsfw_level"] = nsfw_level(row.civitai_info)
+    if live and live.get("segments"):
+        data["segments"] = live["segments"]
     if row.state == Status.COMPLETED and row.duration is not None:
         data["duration"] = round(row.duration, 3)
         data["average_speed"] = round(row.bytes / row.duration, 1) if row.duration > 0 else None

@@ -217,6 +217,7 @@ class Faults:
             self.etag_change_after: int | None = None  # once N body bytes of a blob were served, it gets a
             #                                            new ETag and Last-Modified (same bytes: a re-upload)
             self.ignore_range_on: int | None = None    # the Nth ranged request (1 = first) gets 200 + full body
+            self.no_accept_ranges: bool = False        # leave out Accept-Ranges: bytes (a server without ranges)
             # entry-point faults (download endpoint and /files)
             self.status_5xx: int = 0             # 503 JSON
             self.status_429: int = 0             # 429 JSON (quota message)
@@ -255,7 +256,8 @@ class Faults:
 
 @dataclasses.dataclass
 class Served:
-    """The body bytes one answer actually wrote: [start, end) of the blob named `name`."""
+    """The body bytes one answer actually wrote: [start, end) of the blob named `name` (its file name;
+    for /files blobs without a Content-Disposition name, the name of the blob's file on disk)."""
     name: str
     start: int
     end: int
@@ -271,6 +273,7 @@ class Recorded:
     time: float = 0.0
     status: int | None = None  # filled in when the answer's status line is written
     body: bytes = b""          # the request body (the bulk by-hash lookups send JSON)
+    port: int = 0              # the client's TCP port: requests on one connection share it
 
 
 # --------------------------------------------------------------------------- server
@@ -822,7 +825,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = split.path
         query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
         host = "storage" if path.startswith("/storage/") else "files" if path.startswith("/files/") else "api"
-        self.rec = Recorded(self.command, self.path, dict(self.headers.items()), host, time.time())
+        self.rec = Recorded(self.command, self.path, dict(self.headers.items()), host, time.time(),
+                            port=self.client_address[1])
         self.fake._record(self.rec)
         self._drain()
         if host == "storage":
@@ -1127,7 +1131,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(length + faults.wrong_length))
             if faults.wrong_length or faults.extra_bytes:
                 close_after = True
-        self.send_header("Accept-Ranges", "bytes")
+        if not faults.no_accept_ranges:
+            self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", blob.etag)
         self.send_header("Last-Modified", last_mod)
         if partial:
@@ -1152,7 +1157,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def _stream(self, blob: Blob, start: int, length: int, chunked: bool, segment: bool = False) -> None:
-        served = Served(blob.filename, start, start, self.rec.status if self.rec else 200)
+        served = Served(blob.filename or blob.path.name, start, start, self.rec.status if self.rec else 200)
         with self.fake._lock:
             self.fake.served.append(served)
         try:
@@ -1167,7 +1172,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             limit = f.faults.etag_change_after
             if limit is None:
                 return
-            total = sum(s.end - s.start for s in f.served if s.name == blob.filename)
+            total = sum(s.end - s.start for s in f.served if s.name == (blob.filename or blob.path.name))
             if total >= limit:
                 f.faults.etag_change_after = None
                 blob.mtime += 1

@@ -80,6 +80,10 @@ DOWNLOAD_PROPS = {
     "filename": _nullable(STR), "path": _nullable(STR), "subdir": _nullable(STR), "url": _nullable(STR),
     "sha256": _nullable(STR), "expected_sha256": _nullable(STR), "verified": BOOL,
     "bytes": INT, "total": _nullable(INT), "speed": NUM, "eta": _nullable(NUM), "priority": INT,
+    "connections": dict(INT, description="connections open for it now (0 when not downloading)"),
+    "segments": {"type": "array", "description": "while segmented: each segment's byte range (end exclusive) "
+                 "and bytes received", "items": _obj({"start": INT, "end": INT, "done": INT},
+                                                     required=["start", "end", "done"])},
     "manifest": _nullable(STR), "modelId": _nullable(INT), "modelVersionId": _nullable(INT),
     "model_name": _nullable(STR), "version_name": _nullable(STR), "base_model": _nullable(STR),
     "model_type": _nullable(STR), "error": _nullable(STR), "not_before": _nullable(TIME),
@@ -98,7 +102,8 @@ COMPLETED = {"allOf": [_ref("Download"), _obj({"duration": NUM, "average_speed":
                                               required=["duration", "average_speed"])]}
 
 ACTIVE = _obj({"id": INT, "filename": _nullable(STR), "bytes": INT, "total": _nullable(INT), "speed": NUM,
-               "eta": _nullable(NUM)}, required=["id", "bytes", "total", "speed", "eta"])
+               "eta": _nullable(NUM), "connections": INT, "segments": DOWNLOAD_PROPS["segments"]},
+              required=["id", "bytes", "total", "speed", "eta"])
 STATUS = _obj({
     "version": STR, "uptime": NUM, "workers": INT, "throttle": NUM,
     "counts": _obj({s: {"type": "integer", "minimum": 0} for s in STATES}, required=STATES),
