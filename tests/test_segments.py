@@ -154,3 +154,46 @@ def test_first_request_end_is_the_first_piece_of_an_even_split():
     p = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB, first_end=256 * MiB)
     assert [(s.start, s.end) for s in p.segments] == [(i * 256 * MiB, (i + 1) * 256 * MiB) for i in range(4)]
     assert RangeSet((s.start, s.end) for s in p.segments).spans == [(0, 1024 * MiB)]
+
+
+def test_pipeline_hashes_and_writes_in_order_behind_the_receiver(tmp_path):
+    from daemon.pipeline import Pipeline
+    data = os.urandom(9 * MiB + 77)
+    path = tmp_path / "p.part"
+    path.write_bytes(data[:1000])  # a resumed part: the hash of its bytes carries on
+    fd = os.open(path, os.O_RDWR)
+    try:
+        pipe = Pipeline(fd, 1000, hashlib.sha256(data[:1000]))
+        pos, rng = 1000, random.Random(3)
+        while pos < len(data):
+            index, view = pipe.take()
+            n = min(rng.randint(1, len(view)), len(data) - pos)
+            view[:n] = data[pos:pos + n]
+            pipe.hand_over(index, n)
+            pos += n
+        pipe.finish()
+    finally:
+        os.close(fd)
+    assert pipe.written == len(data) and pipe.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert path.read_bytes() == data
+
+
+def test_pipeline_hands_a_write_error_to_the_receiver(tmp_path):
+    import pytest
+    from daemon.pipeline import Pipeline
+    path = tmp_path / "ro.part"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)  # every write fails
+    try:
+        pipe = Pipeline(fd, 0, hashlib.sha256())
+        index, view = pipe.take()
+        view[:10] = b"x" * 10
+        pipe.hand_over(index, 10)
+        with pytest.raises(OSError):
+            for _ in range(10):
+                index, view = pipe.take()
+                pipe.hand_over(index, 0)
+            pipe.finish()
+        assert pipe.written == 0 and pipe.hasher.hexdigest() == hashlib.sha256().hexdigest()
+    finally:
+        os.close(fd)

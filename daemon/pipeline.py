@@ -1,0 +1,76 @@
+"""One stream whose receiving, hashing and writing overlap (SPEC §12).
+
+The receiving thread fills a small ring of preallocated buffers (readinto, no allocation per
+chunk); a second thread hashes each full buffer and writes it at its offset, starting writeback
+as it goes. hashlib, recv and pwrite all release the GIL, so the two run on both cores.
+"""
+import queue
+import threading
+
+from .diskio import Writeback, pwrite_all
+
+BUFFERS = 4
+BUFFER_SIZE = 4 << 20
+FILL = 1 << 20  # a buffer is handed over once it holds this much (or the body ended)
+
+
+class Pipeline:
+    """Buffers for the receiver, a hash-and-write thread behind it; `written` counts what is on disk."""
+
+    def __init__(self, fd, offset, hasher, name="pipeline"):
+        self.fd = fd
+        self.hasher = hasher
+        self.written = offset      # bytes hashed and written (the part's clean resume point)
+        self.error = None
+        self._buffers = [memoryview(bytearray(BUFFER_SIZE)) for _ in range(BUFFERS)]
+        self._free = queue.SimpleQueue()
+        self._full = queue.SimpleQueue()
+        for index in range(BUFFERS):
+            self._free.put(index)
+        self._thread = threading.Thread(target=self._write_loop, name=name, daemon=True)
+        self._thread.start()
+
+    def take(self):
+        """(index, view) of a free buffer; raises what the writer hit."""
+        index = self._free.get()
+        if self.error is not None:
+            self._free.put(index)
+            raise self.error
+        return index, self._buffers[index]
+
+    def hand_over(self, index, count):
+        """The first `count` bytes of buffer `index` are the next bytes of the file."""
+        if count:
+            self._full.put((index, count))
+        else:
+            self._free.put(index)
+
+    def finish(self):
+        """Wait until everything handed over is hashed and written; raises what the writer hit."""
+        self._full.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self):
+        """Stop the writer without waiting for a clean end (the attempt failed)."""
+        self._full.put(None)
+        self._thread.join()
+
+    def _write_loop(self):
+        writeback = Writeback(self.fd)
+        try:
+            while (item := self._full.get()) is not None:
+                index, count = item
+                if self.error is None:
+                    view = self._buffers[index][:count]
+                    try:
+                        pwrite_all(self.fd, view, self.written)  # before the hash: a failed write
+                        self.hasher.update(view)                 # leaves hash and `written` in step
+                        writeback.wrote(self.written, count)
+                        self.written += count
+                    except BaseException as exc:  # noqa: BLE001 - handed to the receiver
+                        self.error = exc
+                self._free.put(index)
+        finally:
+            writeback.flush()
