@@ -19,17 +19,17 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from . import gate, http
+from . import gate, http, pipeline, segmented
 from .errors import (TOKEN_HELP, Cancelled, DiskFull, EarlyAccess, HashMismatch, PartBusy, PermanentError,
                      TransientError)
 from .filenames import content_disposition_name, name_from_signed_url, name_from_url
 from .gate import Part, Result  # noqa: F401 - Result is part of this module's interface
 from .http import STALL_BYTES
+from .segments import RangeSet, first_request_end
 from .throttle import Throttle  # noqa: F401 - re-exported for callers that build a Fetcher
 
 log = logging.getLogger("daemon.fetch")
 
-WRITE_SLICE = 256 << 10  # small write() calls: much cheaper page-cache writes (research/performance.md §1)
 MAX_REDIRECTS = 10
 
 
@@ -46,6 +46,7 @@ class Job:
     on_name: object = None          # callback(filename, total) once the name is known
     on_progress: object = None      # callback(bytes, total) per chunk; must be cheap
     on_retry: object = None         # callback(exception, wait_seconds)
+    on_segments: object = None      # callback(connections, [{start, end, done}]) while segmented
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     sleep: object = None            # the back-off's sleep(seconds) (default: waits on stop); tests inject one
     response: object = dataclasses.field(default=None, repr=False)  # the body being read, if any
@@ -84,6 +85,7 @@ class Fetcher:
             civitai, {"Authorization": f"Bearer {self.token}"} if self.token else {})
         self._sessions = http.Sessions()
         self.huggingface = http.Origins([getattr(settings, "huggingface_base_url", None) or "https://huggingface.co"])
+        self.slots = segmented.HostSlots(settings.max_connections_per_host)
         self.quarantine = Path(settings.download_dir) / ".quarantine"
 
     def _session(self):
@@ -139,10 +141,12 @@ class Fetcher:
                                      "only http and https downloads are possible")
             on_civitai = url in self.civitai
             headers = self.credentials.headers_for(url)
-            if part.offset:
-                headers["Range"] = f"bytes={part.offset}-"
-                if part.etag:
-                    headers["If-Range"] = part.etag
+            part.asked_end = self._first_end(job, part)
+            if part.offset or part.asked_end:
+                headers["Range"] = f"bytes={part.offset}-{'' if part.asked_end is None else part.asked_end - 1}"
+                etag = part.etag or (part.validator or {}).get("etag")
+                if etag:
+                    headers["If-Range"] = etag
             host = urlsplit(url).hostname
             try:
                 response = self._session().get(url, headers=headers, stream=True, allow_redirects=False,
@@ -166,6 +170,33 @@ class Fetcher:
             self._check_status(response, url, from_storage=via_civitai and not on_civitai)
             return response, url
         raise PermanentError(f"too many redirects (more than {MAX_REDIRECTS}) starting at {job.url.split('?')[0]}")
+
+    def _first_end(self, job, part):
+        """Where a bounded first request stops when the download will be segmented (the size is known
+        from Civitai or from the ranges of an earlier run), else None. A bounded request is read to its
+        end, so nothing it brought is fetched again."""
+        size = (part.validator or {}).get("total") or job.api_size
+        if not size or part.offset >= size or part.ranges_ignored:
+            return None
+        have = part.have or RangeSet([(0, part.offset)] if part.offset else [])
+        return first_request_end(size, have, self.settings.connections, self.settings.segment_min)
+
+    def _renew_link(self, job):
+        """A fresh signed storage link: Civitai's redirect for `job.url`, without fetching the file."""
+        url = job.url
+        for _ in range(MAX_REDIRECTS + 1):
+            if url not in self.civitai:
+                return url
+            try:
+                response = self._session().get(url, headers=self.credentials.headers_for(url), stream=True,
+                                               allow_redirects=False, timeout=(self.settings.timeout,) * 2)
+            except requests.exceptions.RequestException as exc:
+                raise TransientError(http.network_problem(exc, urlsplit(url).hostname, self.settings.timeout)) from None
+            response.close()
+            if not response.is_redirect:
+                return url
+            url = urljoin(url, response.headers.get("Location", ""))
+        raise TransientError("too many redirects while asking for a fresh storage link")
 
     def _check_status(self, response, url, from_storage):
         status = response.status_code
@@ -223,9 +254,12 @@ class Fetcher:
             body = _json_body(response, self.settings.timeout) or {}
             raise PermanentError(f"the server sent a JSON error instead of the file: "
                                  f"{body.get('message') or body.get('error') or 'unknown error'}")
-        if status == 200 and part.offset:
-            log.info("download %s: server ignored the Range request; starting again from zero", job.download_id)
-            part.discard()
+        if status == 200 and (part.offset or part.have or part.asked_end is not None):
+            part.ranges_ignored = True  # from now on one connection reads the whole file
+            part.asked_end = None
+            if part.offset or part.have:
+                log.info("download %s: server ignored the Range request; starting again from zero", job.download_id)
+                part.discard()
         total = None
         if status == 206:
             content_range = headers.get("Content-Range", "")
@@ -237,6 +271,13 @@ class Fetcher:
                 raise TransientError(f"unreadable Content-Range {content_range!r}", restart=True) from None
             if start != part.offset:
                 raise TransientError(f"server resumed at byte {start}, expected {part.offset}", restart=True)
+            if part.asked_end is not None:
+                part.asked_end = min(part.asked_end, int(span.split("-")[1]) + 1)
+            seen = segmented.validator_of(headers, total)
+            if part.validator and any(part.validator.get(k) not in (None, seen[k]) and seen[k] is not None
+                                      for k in seen):
+                raise TransientError("the file changed on the server since the last attempt; starting again "
+                                     "from zero", restart=True)
         elif headers.get("Content-Length", "").isdigit():
             total = int(headers["Content-Length"])
         if not part.filename:
@@ -264,10 +305,37 @@ class Fetcher:
         if total is not None:
             self._check_space(job, total - part.offset)
         job.folder.mkdir(parents=True, exist_ok=True)
-        with open(part.path, "ab", buffering=0) as handle:
-            lock_part(handle, part)
-            self._stream(job, part, response, handle)
+        if total is not None and self._segments_wanted(status, headers, total, part):
+            self._segmented(job, part, response, final_url, headers, total)
+        else:
+            fd = os.open(part.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                lock_part(fd, part)
+                self._stream(job, part, response, fd)
+            finally:
+                os.close(fd)
         return gate.publish(part, job.expected_sha256, job.api_size)
+
+    def _segments_wanted(self, status, headers, total, part):
+        """A bounded first request or a part with holes must go on in segments; any other answer from a
+        server with ranges does when the file is big enough to split."""
+        if status == 206 and (part.asked_end is not None or part.have is not None):
+            return True
+        if part.ranges_ignored or not segmented.ranges_supported(status, headers) or part.offset >= total:
+            return False
+        have = RangeSet([(0, part.offset)] if part.offset else [])
+        return first_request_end(total, have, self.settings.connections, self.settings.segment_min) is not None
+
+    def _segmented(self, job, part, response, final_url, headers, total):
+        validator = part.validator or segmented.validator_of(headers, total)
+        have = part.have or RangeSet([(0, part.offset)] if part.offset else [])
+        segmented.Transfer(
+            job=job, part=part, response=response, url=final_url, validator=validator, have=have,
+            connections=self.settings.connections, segment_min=self.settings.segment_min,
+            timeout=self.settings.timeout, throttle=self.throttle, headers_for=self.credentials.headers_for,
+            renew_link=lambda: self._renew_link(job), new_session=http.new_session,
+            first_end=part.asked_end).run(self.slots, urlsplit(final_url).hostname)
+        part.have = part.validator = None
 
     def _after_416(self, job, part, headers):
         size = headers.get("Content-Range", "").rpartition("/")[2]
@@ -283,60 +351,74 @@ class Fetcher:
             raise DiskFull(f"disk full: {_size(needed)} needed in {job.folder} but only {_size(free)} free; "
                            "free some space, then retry")
 
-    def _stream(self, job, part, response, handle):
-        """Read `response` into the open part `handle`, hashing with `part.hasher` and counting `part.offset`;
-        returns at a complete body, raises at a stall, a short body, a full disk or a stop."""
-        raw = response.raw
-        hasher = part.hasher
+    def _stream(self, job, part, response, fd):
+        """Read `response` into the part open as `fd` through a Pipeline (receiving here, hashing and
+        writing in its thread); `part.offset` counts the bytes hashed and written. Returns at a complete
+        body, raises at a stall, a short body, a full disk or a stop."""
+        reader = segmented.body_reader(response)
         timeout = self.settings.timeout
         window_start, window_bytes = time.monotonic(), 0
         read_size = self.throttle.read_size()
-        first = part.offset == 0
-        while True:
-            if job.stop.is_set():
-                raise Cancelled("stopped")
-            try:
-                chunk = raw.read1(read_size)
-            except Exception as exc:  # urllib3 / socket errors mid-body
-                if job.stop.is_set():  # job.interrupt() shut the socket down
-                    raise Cancelled("stopped") from None
-                if isinstance(exc, (requests.exceptions.ReadTimeout, TimeoutError)) or "timed out" in str(exc):
-                    raise TransientError(f"no data for {timeout:g} s") from None
-                raise TransientError(f"connection lost after {_size(part.offset)}: {_short(exc)}") from None
-            if not chunk:
-                if job.stop.is_set():  # an interrupted read ends like a clean EOF: not a complete file
+        fill = pipeline.FILL if not self.throttle.rate else 1  # under a cap every read is handed over at once
+        received = part.offset
+        pipe = pipeline.Pipeline(fd, part.offset, part.hasher, name=f"write-{job.download_id}")
+        index = None
+        try:
+            index, view, filled = *pipe.take(), 0
+            while True:
+                if job.stop.is_set():
                     raise Cancelled("stopped")
-                break
-            if first:
-                first = False
-                if gate.sniff_problem(chunk):
-                    raise PermanentError("the server sent an HTML page instead of the model file (usually "
-                                         f"Civitai's login or maintenance page); {TOKEN_HELP}")
-            hasher.update(chunk)
-            view = memoryview(chunk)
-            try:
-                for start in range(0, len(view), WRITE_SLICE):
-                    handle.write(view[start:start + WRITE_SLICE])
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    part.truncate_to_hashed()
-                    remaining = (part.total or 0) - part.offset
-                    raise DiskFull(f"disk full while writing {part.path.name}: {_size(max(remaining, len(chunk)))} "
-                                   f"more needed in {job.folder}; free some space, then retry") from None
+                want = min(read_size, len(view) - filled)
+                if part.total is not None:
+                    want = min(want, part.total - received)  # the body ends there (the connection may stay open)
+                try:
+                    got = reader(view[filled:filled + want]) if want > 0 else 0
+                except Exception as exc:  # noqa: BLE001 - urllib3 / socket errors mid-body
+                    if job.stop.is_set():  # job.interrupt() shut the socket down
+                        raise Cancelled("stopped") from None
+                    if isinstance(exc, (requests.exceptions.ReadTimeout, TimeoutError)) or "timed out" in str(exc):
+                        raise TransientError(f"no data for {timeout:g} s") from None
+                    raise TransientError(f"connection lost after {_size(received)}: {_short(exc)}") from None
+                if got:
+                    if received == 0 and filled == 0 and gate.sniff_problem(bytes(view[:min(got, 64)])):
+                        raise PermanentError("the server sent an HTML page instead of the model file (usually "
+                                             f"Civitai's login or maintenance page); {TOKEN_HELP}")
+                    filled += got
+                    received += got
+                    if job.on_progress:
+                        job.on_progress(received, part.total)
+                    self.throttle.take(got, job.stop)
+                elif job.stop.is_set():  # an interrupted read ends like a clean EOF: not a complete file
+                    raise Cancelled("stopped")
+                # Hand over a full enough buffer, and whatever came when the socket ran dry (a stalled
+                # server's last bytes reach the disk instead of waiting in memory).
+                if not got or filled >= fill or filled == len(view) or got < want:
+                    pipe.hand_over(index, filled)
+                    index = None
+                    if not got:
+                        break
+                    index, view, filled = *pipe.take(), 0
+                now = time.monotonic()
+                window_bytes += got
+                if now - window_start >= timeout:
+                    if window_bytes < STALL_BYTES:
+                        raise TransientError(f"download stalled: under 1 KiB in {timeout:g} s")
+                    window_start, window_bytes = now, 0
+            pipe.finish()
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
                 raise
-            part.offset += len(chunk)
-            if part.total is not None and part.offset > part.total:
-                raise TransientError("the server sent more bytes than it announced", restart=True)
-            if job.on_progress:
-                job.on_progress(part.offset, part.total)
-            self.throttle.take(len(chunk), job.stop)
-            now = time.monotonic()
-            window_bytes += len(chunk)
-            if now - window_start >= timeout:
-                if window_bytes < STALL_BYTES:
-                    raise TransientError(f"download stalled: under 1 KiB in {timeout:g} s")
-                window_start, window_bytes = now, 0
-        os.fsync(handle.fileno())
+            raise DiskFull(f"disk full while writing {part.path.name}: "
+                           f"{_size(max((part.total or 0) - pipe.written, 1))} more needed in {job.folder}; "
+                           "free some space, then retry") from None
+        finally:
+            if index is not None:  # what arrived before a stop or a lost connection is good: keep it
+                pipe.hand_over(index, filled)
+            pipe.abandon()
+            part.offset = pipe.written
+            if pipe.error is not None:  # a failed write may have left bytes past the hashed ones
+                os.ftruncate(fd, part.offset)
         if part.total is not None and part.offset < part.total:
             raise TransientError(f"connection closed after {_size(part.offset)} of {_size(part.total)}")
 
@@ -355,17 +437,17 @@ def _size(n):
         n /= 1000
 
 
-def lock_part(handle, part):
+def lock_part(fd, part, check_size=True):
     """Hold an exclusive lock on the part while writing it: two daemons never write one part (SPEC §14).
 
     The lock ends with the handle. Bytes another writer added after this attempt hashed the part
     mean the hash no longer matches it: the next attempt hashes the part again.
     """
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise PartBusy(f"{part.path.name} is being written by another process (another daemon of the fleet?)") \
             from None
-    if os.fstat(handle.fileno()).st_size != part.offset:
+    if check_size and os.fstat(fd).st_size != part.offset:
         part.hasher = None
         raise TransientError(f"{part.path.name} changed size under us; hashing it again")

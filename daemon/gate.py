@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import FileInTheWay, HashMismatch, TransientError
 from .filenames import fit_name
+from .segments import drop_ranges, load_ranges
 from .throttle import READ_SIZE
 
 log = logging.getLogger("daemon.gate")
@@ -38,6 +39,10 @@ class Part:
     etag: str | None = None
     total: int | None = None
     existing_sha: str | None = None  # hash of a file already at the final name
+    have: object = None              # segments.RangeSet of a segmented part (holes possible), else None
+    validator: dict | None = None    # ETag / Last-Modified / total those ranges were fetched under
+    asked_end: int | None = None     # end (exclusive) of the bounded first request of this attempt
+    ranges_ignored: bool = False     # the server answered a ranged request with the whole file
 
     @property
     def path(self):
@@ -48,22 +53,34 @@ class Part:
         return self.folder / self.filename
 
     def load(self):
-        """Hash an existing part once so a resume can continue the same hash."""
+        """Hash an existing part once so a resume can continue the same hash. A segmented part (its
+        completed ranges beside it) is hashed up to its first hole; the ranges after it are kept."""
         self.hasher = hashlib.sha256()
         self.offset = 0
-        if self.path.exists():
-            with open(self.path, "rb") as handle:
-                while block := handle.read(READ_SIZE):
-                    self.hasher.update(block)
-                    self.offset += len(block)
+        self.have = self.validator = None
+        if not self.path.exists():
+            return
+        saved = load_ranges(self.path)
+        limit = None
+        if saved is not None:
+            self.validator, self.have = saved
+            limit = self.have.prefix()
+        with open(self.path, "rb") as handle:
+            while block := handle.read(READ_SIZE if limit is None else min(READ_SIZE, limit - self.offset)):
+                self.hasher.update(block)
+                self.offset += len(block)
+        if limit is not None and self.offset < limit:  # the part is shorter than its ranges say
+            self.discard()
 
     def discard(self):
         """Drop the part: the next attempt starts from byte zero."""
         if self.filename:
             self.path.unlink(missing_ok=True)
+            drop_ranges(self.path)
         self.hasher = hashlib.sha256()
         self.offset = 0
         self.etag = None
+        self.have = self.validator = None
 
     def truncate_to_hashed(self):
         """Cut the part back to the bytes the hash covers (after a failed write): a clean resume point."""

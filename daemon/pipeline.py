@@ -47,15 +47,15 @@ class Pipeline:
 
     def finish(self):
         """Wait until everything handed over is hashed and written; raises what the writer hit."""
-        self._full.put(None)
-        self._thread.join()
+        self.abandon()
         if self.error is not None:
             raise self.error
 
     def abandon(self):
-        """Stop the writer without waiting for a clean end (the attempt failed)."""
-        self._full.put(None)
-        self._thread.join()
+        """Let the writer finish what was handed over, then end it (safe to call twice)."""
+        if self._thread.is_alive():
+            self._full.put(None)
+            self._thread.join()
 
     def _write_loop(self):
         writeback = Writeback(self.fd)

@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import gate
 from .diskio import Writeback, pwrite_all
 from .errors import Cancelled, DiskFull, PermanentError, TransientError
+from .http import STALL_BYTES
 from .prefixhash import PrefixHasher
 from .segments import Planner, drop_ranges, save_ranges
 
@@ -24,7 +26,6 @@ READ_SIZE = 4 << 20     # one preallocated buffer per connection, filled by read
 TICK = 0.25             # how often progress is reported and the stop event looked at
 PERSIST_EVERY = 0.5     # seconds between writes of the completed-ranges file
 CONNECTION_TRIES = 3    # a connection that fails this often in a row gives up; the others go on
-STALL_BYTES = 1024
 
 
 class RangesIgnored(Exception):
@@ -123,7 +124,17 @@ class Transfer:
         self._threads = []
 
     # -- the coordinating thread -------------------------------------------------------
-    def run(self):
+    def run(self, slots=None, host=None):
+        """Download with as many connections as the plan has segments and `slots` grants for `host`."""
+        wanted = min(self.connections, max(1, len(self.planner.segments)))
+        self.connections = slots.take(host, wanted) if slots else wanted
+        try:
+            self._run()
+        finally:
+            if slots:
+                slots.give_back(host, self.connections)
+
+    def _run(self):
         part = self.part
         part.folder.mkdir(parents=True, exist_ok=True)
         # The ranges file comes first: a part is never extended past its prefix without one.
@@ -317,7 +328,7 @@ class Transfer:
 
     def _pump(self, response, seg, buffer, writeback):
         """Receive the segment into `buffer`, write it at its place, feed the prefix hash."""
-        reader = _reader(response)
+        reader = body_reader(response)
         read_size = min(READ_SIZE, self.throttle.read_size())
         window_start, window_bytes = time.monotonic(), 0
         while True:
@@ -339,7 +350,7 @@ class Transfer:
             offset, count = self.planner.reserve(seg, n)
             if count:
                 piece = buffer[:count]
-                if offset == 0 and _looks_like_html(piece):
+                if offset == 0 and gate.sniff_problem(bytes(piece[:64])):
                     raise PermanentError("the server sent an HTML page instead of the model file")
                 try:
                     pwrite_all(self.fd, piece, offset)
@@ -360,7 +371,7 @@ class Transfer:
                 window_start, window_bytes = now, 0
 
 
-def _reader(response):
+def body_reader(response):
     """readinto for the body: straight from http.client's buffered socket (no copy, at most one recv
     per call) when the body has a length, urllib3's read otherwise."""
     fp = getattr(response.raw, "_fp", None)
@@ -374,8 +385,3 @@ def _reader(response):
         view[:len(chunk)] = chunk
         return len(chunk)
     return read
-
-
-def _looks_like_html(piece):
-    head = bytes(piece[:64]).lstrip().lower()
-    return head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body"))

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from .filenames import fit_name
+
 STEAL_ETA = 2.0  # a busy segment is split only when its own rate needs longer than this to finish it
 
 
@@ -231,7 +233,6 @@ def _split_evenly(gaps, connections, segment_min):
 
 def ranges_path(part):
     """The JSON file that lists the completed ranges of `part`."""
-    from .fetch import fit_name  # noqa: PLC0415 (fetch imports this module)
     part = Path(part)
     return part.with_name(fit_name(part.name, ".ranges"))
 
@@ -239,7 +240,7 @@ def ranges_path(part):
 def save_ranges(part, validator, spans):
     """Write the completed ranges atomically (a crash leaves the old or the new list, never half)."""
     path = ranges_path(part)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp_path(part)
     tmp.write_text(json.dumps({"validator": validator, "done": [list(s) for s in spans]}))
     os.replace(tmp, path)
 
@@ -256,4 +257,8 @@ def load_ranges(part):
 
 def drop_ranges(part):
     ranges_path(part).unlink(missing_ok=True)
-    ranges_path(part).with_name(ranges_path(part).name + ".tmp").unlink(missing_ok=True)
+    _tmp_path(part).unlink(missing_ok=True)
+
+
+def _tmp_path(part):
+    return Path(part).with_name(fit_name(Path(part).name, ".ranges.tmp"))

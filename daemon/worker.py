@@ -272,6 +272,7 @@ class WorkerPool:
 
         job.on_name, job.on_progress, job.on_retry = on_name, on_progress, on_retry
         job.sleep = lambda seconds: self._retry_sleep(seconds, job)
+        job.on_segments = lambda connections, segments: self.progress.segments(row.id, connections, segments)
         with self._lock:
             self._active[row.id] = job
         # A pause or cancel that came before the job was registered found nothing to stop.

@@ -262,6 +262,8 @@ class Served:
     start: int
     end: int
     status: int
+    opened: float = 0.0  # when the body started and ended (time.monotonic), for "how many at once"
+    closed: float = 0.0
 
 
 @dataclasses.dataclass
@@ -380,6 +382,17 @@ class FakeCivitai:
         """The [start, end) byte ranges of blob `name` (its file name) written so far."""
         with self._lock:
             return [(s.start, s.end) for s in self.served if s.name == name and s.end > s.start]
+
+    def most_at_once(self, name: str) -> int:
+        """The largest number of bodies of blob `name` that were being sent at the same moment."""
+        with self._lock:
+            spans = [(s.opened, s.closed or time.monotonic()) for s in self.served if s.name == name]
+        edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+        most = depth = 0
+        for _, step in edges:
+            depth += step
+            most = max(most, depth)
+        return most
 
     def bytes_served_twice(self, name: str) -> int:
         """How many bytes of blob `name` were written by more than one answer."""
@@ -1157,12 +1170,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def _stream(self, blob: Blob, start: int, length: int, chunked: bool, segment: bool = False) -> None:
-        served = Served(blob.filename or blob.path.name, start, start, self.rec.status if self.rec else 200)
+        served = Served(blob.filename or blob.path.name, start, start, self.rec.status if self.rec else 200,
+                        opened=time.monotonic())
         with self.fake._lock:
             self.fake.served.append(served)
         try:
             self._stream_body(blob, start, length, chunked, segment, served)
         finally:
+            served.closed = time.monotonic()
             self._after_served(blob)
 
     def _after_served(self, blob: Blob) -> None:
@@ -1241,7 +1256,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 sent += len(buf)
                 if faults.etag_change_after is not None:
                     self._after_served(blob)
-                if rate:
+                if rate and sent < length:
                     f._stopping.wait(len(buf) / rate)
             if drop_at is not None and sent >= drop_at and sent < length:
                 self._expire_link(expire_at)

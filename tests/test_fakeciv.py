@@ -6,6 +6,7 @@ import hashlib
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,21 @@ def test_ignore_range_on_second_request_only(fake):
     second = _ranged(url, 2000)
     assert second.status_code == 200 and len(second.content) == info["size"]
     assert _ranged(url, 3000).status_code == 206
+
+
+def test_most_at_once_counts_overlapping_bodies(fake):
+    import threading
+    info = fake.version_info(101)
+    url = _storage_url(fake, 101)
+    fake.faults.rate = 1_000_000  # 0.5 s for each 500 KB body
+    threads = [threading.Thread(target=_ranged, args=(url, i * 500_000, (i + 1) * 500_000)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 5
+    while any(not s.closed for s in fake.served) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server notes the end just after the last byte went out
+    assert fake.most_at_once(info["filename"]) == 3
+    _ranged(url, 0, 1000)
+    assert fake.most_at_once(info["filename"]) == 3

@@ -229,4 +229,23 @@ def test_retry_all_failed_button(make_daemon, fake, gui):
     for download_id in ids:
         assert daemon.wait_state(download_id, {"completed", "failed"})["state"] == "completed"
     expect(page.locator("#metric-completed")).to_have_text("2")
+
+
+def test_segmented_row_shows_its_connections_and_segments(make_daemon, fake, gui):
+    daemon = make_daemon(connections=4, segment_min="1MiB")
+    fake.add_model(77, "Segmented", "Checkpoint")
+    fake.add_version(77, 770, "v1", size=16 << 20)
+    fake.faults.rate = 1 << 20  # per connection: about 4 s over four
+    view = gui(daemon)
+    page = view.open()
+    expect(page.locator("#conn-state")).to_have_text("live")
+    daemon.drop("seg.json", {"modelVersionId": 770})
+    row = page.locator("#downloads tr[data-state=downloading]")
+    expect(row.locator(".segment-count")).to_have_text("4 connections", timeout=20_000)
+    expect(row.locator(".segment")).to_have_count(4)
+    done = row.locator(".segment-done").first
+    expect(done).not_to_have_attribute("style", "width: 0%;", timeout=10_000)
+    page.locator('#downloads tr[data-state=completed]').wait_for(timeout=60_000)
+    expect(page.locator(".cell-segments")).to_have_count(0)  # gone once the file is complete
+    view.assert_clean()
     assert not view.console_errors, view.console_errors

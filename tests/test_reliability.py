@@ -218,6 +218,7 @@ def test_disk_full_injected(tmp_path, fake, monkeypatch):
     import errno
     import threading
 
+    from daemon import diskio
     from daemon import fetch as fetch_mod
     from daemon.errors import DiskFull
     from daemon.http import civitai_origins
@@ -231,34 +232,20 @@ def test_disk_full_injected(tmp_path, fake, monkeypatch):
         backoff_max = 0.01
         download_dir = tmp_path
         civitai_token = None
+        connections = 4
+        max_connections_per_host = 4
+        segment_min = 64 << 20
 
-    real_open = open
+    real_pwrite = diskio.pwrite
     written = [0]
 
-    class FullFile:
-        def __init__(self, handle):
-            self.handle = handle
+    def full_pwrite(fd, data, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part") and written[0] + len(data) > 1 * MB:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written[0] += len(data)
+        return real_pwrite(fd, data, offset)
 
-        def write(self, data):
-            if written[0] + len(data) > 1 * MB:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            written[0] += len(data)
-            return self.handle.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.handle.__exit__(*exc)
-
-    def full_open(path, mode="r", *args, **kwargs):
-        handle = real_open(path, mode, *args, **kwargs)
-        return FullFile(handle) if str(path).endswith(".part") and "a" in mode else handle
-
-    monkeypatch.setattr(fetch_mod, "open", full_open, raising=False)
+    monkeypatch.setattr(diskio, "pwrite", full_pwrite)
     fetcher = fetch_mod.Fetcher(Settings, fetch_mod.Throttle(0), civitai_origins(fake.base_url))
     job = fetch_mod.Job(download_id=1, url=blob["url"], folder=tmp_path / "out", filename="inj.bin",
                         expected_sha256=blob["sha256"], stop=threading.Event())

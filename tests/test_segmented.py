@@ -52,6 +52,7 @@ def test_segments_on_their_own_connections_and_in_the_api(make_daemon, fake):
     assert len(ranged) >= 4
     assert all(r.headers["Range"].count("-") == 1 and not r.headers["Range"].endswith("-") for r in ranged)
     assert len({r.port for r in ranged}) >= 4  # each segment on its own TCP connection
+    assert fake.most_at_once(info["filename"]) == 4
     assert fake.bytes_served_twice(info["filename"]) == 0
     assert not list((daemon.home / "downloads").rglob("*.ranges")), "the ranges file outlives the download"
     done = daemon.download(live["id"])
@@ -174,3 +175,13 @@ def test_kill_9_mid_segments_then_restart_fetches_no_byte_twice(make_daemon, fak
     daemon.start()
     download_done(daemon, "crash.json", info)
     assert fake.bytes_served_twice(info["filename"]) == 0, fake.served_ranges(info["filename"])
+
+
+def test_max_connections_per_host_caps_the_connections(make_daemon, fake):
+    info = version(fake, 1091, 16 * MiB)
+    fake.faults.rate = 4 * MiB
+    daemon = make_daemon(max_connections_per_host=2, **SEGMENTED)
+    daemon.drop("capped.json", {"modelVersionId": 1091})
+    download_done(daemon, "capped.json", info)
+    assert fake.most_at_once(info["filename"]) == 2
+    assert len([r for r in storage_gets(fake) if r.status == 206]) == 4  # four segments over two connections

@@ -30,6 +30,7 @@ import { createHistory } from './history.js';
 import { view as libraryView } from './library.js';
 import { view as updateAllView } from './update_all.js';
 import { createPreviews } from './previews.js';
+import { attachSegments } from './segments.js';
 import { vocabulary } from './states.js';
 import { createDownloadsTable } from './table.js';
 import { createAuth } from './token.js';
@@ -44,6 +45,7 @@ const downloadsView = {
     const past = createHistory({ call });
     const updates = createUpdates({ call, refreshStatus });
     const add = createAddForm({ call, refreshStatus });
+    attachSegments(table);
     const refreshHistorySoon = debounce(past.load, 1000);
     const reloadUpdatesSoon = debounce(updates.load, 300);
     return {
