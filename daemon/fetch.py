@@ -50,10 +50,13 @@ class Job:
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     sleep: object = None            # the back-off's sleep(seconds) (default: waits on stop); tests inject one
     response: object = dataclasses.field(default=None, repr=False)  # the body being read, if any
+    transfer: object = dataclasses.field(default=None, repr=False)  # the segmented transfer running, if any
 
     def interrupt(self):
         """Stop the fetch now, also when it is blocked reading a silent server (from another thread)."""
         self.stop.set()
+        if self.transfer is not None:  # segmented: every connection stops at once
+            self.transfer.halt()
         try:
             # shutdown() wakes a recv() blocked in the worker thread; close() alone would not.
             self.response.raw.connection.sock.shutdown(socket.SHUT_RDWR)
@@ -329,12 +332,16 @@ class Fetcher:
     def _segmented(self, job, part, response, final_url, headers, total):
         validator = part.validator or segmented.validator_of(headers, total)
         have = part.have or RangeSet([(0, part.offset)] if part.offset else [])
-        segmented.Transfer(
+        job.transfer = segmented.Transfer(
             job=job, part=part, response=response, url=final_url, validator=validator, have=have,
             connections=self.settings.connections, segment_min=self.settings.segment_min,
             timeout=self.settings.timeout, throttle=self.throttle, headers_for=self.credentials.headers_for,
             renew_link=lambda: self._renew_link(job), new_session=http.new_session,
-            first_end=part.asked_end).run(self.slots, urlsplit(final_url).hostname)
+            first_end=part.asked_end)
+        try:
+            job.transfer.run(self.slots, urlsplit(final_url).hostname)
+        finally:
+            job.transfer = None
         part.have = part.validator = None
 
     def _after_416(self, job, part, headers):

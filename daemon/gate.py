@@ -75,8 +75,7 @@ class Part:
     def discard(self):
         """Drop the part: the next attempt starts from byte zero."""
         if self.filename:
-            self.path.unlink(missing_ok=True)
-            drop_ranges(self.path)
+            remove_part(self.folder, self.filename)
         self.hasher = hashlib.sha256()
         self.offset = 0
         self.etag = None
@@ -86,6 +85,13 @@ class Part:
         """Cut the part back to the bytes the hash covers (after a failed write): a clean resume point."""
         with open(self.path, "r+b") as handle:
             handle.truncate(self.offset)
+
+
+def remove_part(folder, filename):
+    """Delete the part of `filename` and the completed-ranges file of a segmented one beside it."""
+    path = part_path(folder, filename)
+    path.unlink(missing_ok=True)
+    drop_ranges(path)
 
 
 def part_path(folder, filename):
@@ -107,7 +113,7 @@ def in_place(folder, names, expected_sha256, asked_name):
         target = Path(folder) / name
         if target.is_file() and hash_file(target) == expected_sha256:
             # A part beside it is left over from a crash between linking it into place and removing it.
-            part_path(folder, name).unlink(missing_ok=True)
+            remove_part(folder, name)
             return Result(target, name, expected_sha256, True, target.stat().st_size, existed=True)
         if name == asked_name and target.exists():
             raise file_in_the_way(target)
@@ -156,6 +162,7 @@ def publish(part, expected_sha256, api_size):
     if expected_sha256 and digest != expected_sha256:
         raise HashMismatch(expected_sha256, digest)
     target = part.target
+    drop_ranges(part.path)  # complete and verified: no ranges to resume (also after a 416 on a full part)
     existing = part.existing_sha
     if existing is not None or target.exists():
         existing = existing or hash_file(target)

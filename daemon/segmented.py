@@ -143,9 +143,17 @@ class Transfer:
         try:
             ahead = [s for s in self.planner.have.spans if s[0] > part.offset]
             self.hasher = PrefixHasher(self.fd, part.hasher, part.offset, ahead)
-            self._threads = threads = [threading.Thread(target=self._connection, args=(i, self.first if i == 0 else None),
-                                        name=f"seg-{self.job.download_id}-{i}", daemon=True)
-                       for i in range(self.connections)]
+            # The first answer's segment is claimed before any thread runs: no other connection may
+            # take it (and fetch again what the first answer is already bringing).
+            first = self.planner.claim(0, first=part.offset)
+            if first is not None and first.pos != part.offset:
+                self.planner.release(first)
+                first = None
+            starts = [(self.first, first) if first else (None, None)] + [(None, None)] * (self.connections - 1)
+            self._threads = threads = [
+                threading.Thread(target=self._connection, args=(i, response, seg), daemon=True,
+                                 name=f"seg-{self.job.download_id}-{i}")
+                for i, (response, seg) in enumerate(starts)]
             for thread in threads:
                 thread.start()
             self._watch(threads)
@@ -198,6 +206,10 @@ class Transfer:
         if on_segments:
             on_segments(self._active, segments)
 
+    def halt(self):
+        """Stop every connection now (pause, cancel, shutdown: from another thread)."""
+        self._fail(Cancelled("stopped"))
+
     def _fail(self, exc):
         """Stop every connection; the first error decides the outcome."""
         with self._lock:
@@ -216,7 +228,7 @@ class Transfer:
                 pass
 
     # -- one connection ------------------------------------------------------------------
-    def _connection(self, index, response):
+    def _connection(self, index, response, seg=None):
         session = None
         failures = 0
         buffer = memoryview(bytearray(READ_SIZE))
@@ -225,14 +237,11 @@ class Transfer:
             self._active += 1
         try:
             while not self._halt.is_set():
-                seg = self.planner.claim(index, first=self.part.offset if response is not None else None)
+                seg = seg or self.planner.claim(index)
                 if seg is None:
                     if self.planner.wants_steal() and not self._halt.wait(TICK):
                         continue  # a busy segment may turn out slow: then this connection takes half
                     return
-                if response is not None and seg.pos != self.part.offset:  # the first answer starts elsewhere
-                    response.close()
-                    response = None
                 try:
                     if response is None:
                         session = session or self.new_session()
@@ -261,6 +270,7 @@ class Transfer:
                         return
                 finally:
                     self.planner.release(seg)
+                    seg = None
                     if response is not None:
                         self._untrack(response)
                         response.close()

@@ -20,7 +20,7 @@ from .library import dedupe
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PartBusy, PermanentError, TransientError
 from .fetch import Job
 from .filenames import is_civitai_page as _is_civitai_page
-from .gate import part_path
+from .gate import part_path, remove_part
 from .models import utcnow
 from .outcome import Outcome, until as _until
 from .states import ENDED, Status
@@ -380,7 +380,7 @@ class WorkerPool:
         row = self.queue.get(download_id)
         if row.state == Status.CANCELLED.value:
             if row.path:
-                part_path(Path(row.path).parent, Path(row.path).name).unlink(missing_ok=True)
+                remove_part(Path(row.path).parent, Path(row.path).name)
             self._record(row, Outcome(None, "cancelled; part removed"))
         return True
 
@@ -428,5 +428,5 @@ class WorkerPool:
 def _remove_part(row, job):
     """Delete a cancelled download's part (its name is known once the server answered)."""
     if row.filename and job is not None:
-        part_path(job.folder, row.filename).unlink(missing_ok=True)
+        remove_part(job.folder, row.filename)
 

@@ -169,7 +169,11 @@ def test_kill_9_mid_segments_then_restart_fetches_no_byte_twice(make_daemon, fak
         served = sum(b - a for a, b in fake.served_ranges(info["filename"]))
         return done if done == served >= 4 * 3 * MiB else None
     # ... so the daemon has received and recorded everything that was sent before it is killed.
-    wait_for(persisted, 60, message="every served byte in the ranges file")
+    try:
+        wait_for(persisted, 60, message="every served byte in the ranges file")
+    except AssertionError as exc:
+        ranges = [p.read_text() for p in (daemon.home / "downloads").rglob("*.ranges")]
+        raise AssertionError(f"{exc}: served {fake.served_ranges(info['filename'])}, ranges {ranges}") from None
     daemon.kill()
     fake.faults.reset()
     daemon.start()
@@ -185,3 +189,39 @@ def test_max_connections_per_host_caps_the_connections(make_daemon, fake):
     download_done(daemon, "capped.json", info)
     assert fake.most_at_once(info["filename"]) == 2
     assert len([r for r in storage_gets(fake) if r.status == 206]) == 4  # four segments over two connections
+
+
+def test_pause_resume_and_cancel_of_a_segmented_download(make_daemon, fake):
+    info = version(fake, 1101, 16 * MiB)
+    fake.faults.rate = 1 * MiB
+    daemon = make_daemon(**SEGMENTED)
+    daemon.drop("pause.json", {"modelVersionId": 1101})
+    folder = daemon.home / "downloads"
+
+    def some_done():
+        files = list(folder.rglob("*.ranges"))
+        return files and json.loads(files[0].read_text())["done"]
+    wait_for(some_done, 30, message="a segmented part with completed ranges")
+    download_id = daemon.get("/api/downloads").json()["items"][0]["id"]
+    assert daemon.post(f"/api/downloads/{download_id}/pause").status_code == 200
+    daemon.wait_state(download_id, "paused")
+    kept = json.loads(next(folder.rglob("*.ranges")).read_text())["done"]
+    assert kept and list(folder.rglob("*.part"))  # paused: the part and its ranges stay
+    fake.faults.rate = None
+    before = len(storage_gets(fake))
+    assert daemon.post(f"/api/downloads/{download_id}/resume").status_code == 200
+    download_done(daemon, "pause.json", info)
+    starts = [int(r.headers["Range"].split("=")[1].split("-")[0]) for r in storage_gets(fake)[before:]]
+    assert starts and not any(a <= s < b for s in starts for a, b in kept)  # kept ranges are not asked again
+    assert not list(folder.rglob("*.ranges")) and not list(folder.rglob("*.part"))
+
+    fake.faults.rate = 1 * MiB
+    other = version(fake, 1111, 16 * MiB)
+    daemon.drop("cancel.json", {"modelVersionId": 1111})
+    wait_for(lambda: list(folder.rglob("*.ranges")), 30, message="a segmented part")
+    second = [d for d in daemon.get("/api/downloads").json()["items"] if d["modelVersionId"] == 1111][0]["id"]
+    assert daemon.post(f"/api/downloads/{second}/cancel").status_code == 200
+    daemon.wait_state(second, "cancelled")
+    wait_for(lambda: not list(folder.rglob("*.ranges")) and not list(folder.rglob("*.part")), 20,
+             message="part and ranges removed")
+    assert other["sha256"] not in {sha_of(p) for p in folder.rglob("*") if p.is_file()}
