@@ -337,7 +337,7 @@ class Fetcher:
             connections=self.settings.connections, segment_min=self.settings.segment_min,
             timeout=self.settings.timeout, throttle=self.throttle, headers_for=self.credentials.headers_for,
             renew_link=lambda: self._renew_link(job), new_session=http.new_session,
-            first_end=part.asked_end)
+            first_end=part.asked_end, lock=lambda fd: lock_part(fd, part, check_size=False))
         try:
             job.transfer.run(self.slots, urlsplit(final_url).hostname)
         finally:

@@ -101,7 +101,7 @@ class Transfer:
     """Downloads the missing ranges of `part` (total known) and leaves its hash in `part.hasher`."""
 
     def __init__(self, *, job, part, response, url, validator, have, connections, segment_min, timeout,
-                 throttle, headers_for, renew_link, new_session, first_end=None):
+                 throttle, headers_for, renew_link, new_session, first_end=None, lock=None):
         self.job, self.part = job, part
         self.first = response
         self.link = Link(url, renew_link)
@@ -122,6 +122,7 @@ class Transfer:
         self.fd = None
         self.hasher = None
         self._threads = []
+        self._lock_part = lock  # callable(fd): hold the part exclusively (two daemons never write one part)
 
     # -- the coordinating thread -------------------------------------------------------
     def run(self, slots=None, host=None):
@@ -141,6 +142,8 @@ class Transfer:
         save_ranges(part.path, self.validator, self.planner.have.spans)
         self.fd = os.open(part.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            if self._lock_part:
+                self._lock_part(self.fd)
             ahead = [s for s in self.planner.have.spans if s[0] > part.offset]
             self.hasher = PrefixHasher(self.fd, part.hasher, part.offset, ahead)
             # The first answer's segment is claimed before any thread runs: no other connection may
