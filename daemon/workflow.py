@@ -40,7 +40,8 @@ def _used_subgraphs(data):
     used, todo = set(), [n for n in data["nodes"] if _active(n)]
     while todo:
         node = todo.pop()
-        index = by_id.get(node.get("type"))
+        kind = node.get("type")
+        index = by_id.get(kind) if isinstance(kind, str) else None  # a list or object here is not an id
         if index is not None and index not in used:
             used.add(index)
             inner = dict(graphs)[index].get("nodes")

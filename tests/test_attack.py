@@ -89,3 +89,31 @@ def test_a_fifo_sidecar_does_not_hang_the_scan(make_daemon, tmp_path):
     status = _scan(d)
     assert status["state"] == "done", status
     assert d.get("/healthz").status_code == 200
+
+
+def test_many_compressed_text_chunks_share_one_inflate_cap():
+    """40 zTXt bombs of 16 MiB each (a 650 KB PNG) inflated to 730 MB: the cap was per chunk, not per file."""
+    import zlib
+
+    from test_hostfiles import chunk
+
+    from daemon.pngmeta import MAX_TEXT, PngError, text_chunks
+    bomb = zlib.compress(b"A" * (MAX_TEXT - 1), 9)
+    body = b"".join(chunk(b"zTXt", f"k{i}".encode() + b"\x00\x00" + bomb) for i in range(40))
+    image = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", b"\x00" * 13) + body + chunk(b"IEND", b"")
+    with pytest.raises(PngError, match="in all"):
+        text_chunks(image)
+    one = b"\x89PNG\r\n\x1a\n" + chunk(b"zTXt", b"workflow\x00\x00" + zlib.compress(b"{}")) + chunk(b"IEND", b"")
+    assert text_chunks(one) == {"workflow": "{}"}
+
+
+def test_a_workflow_node_type_that_is_not_a_string_is_rejected_not_raised(make_daemon):
+    """`"type": ["x"]` in a node raised TypeError inside intake: the file stayed in inbox/, retried for ever."""
+    d = make_daemon()
+    workflow = {"nodes": [{"id": 1, "type": ["sub"], "mode": 0, "properties": {}},
+                          {"id": 2, "type": {"a": 1}, "mode": 0, "properties": {}}],
+                "definitions": {"subgraphs": [{"id": "sub", "nodes": []}]}}
+    d.drop("odd.json", workflow)
+    folder, result = d.result("odd.json", timeout=60)
+    assert folder == "failed" and "lists no models" in json.dumps(result), result
+    assert "Traceback" not in d.logs() + d.read_stderr()
