@@ -37,7 +37,7 @@ def concrete(rule, download_id):
     rule = re.sub(r"{(\w+)}|<(\w+)(?::[^>]*)?>", lambda m: f"<{m.group(1) or m.group(2)}>", rule)
     if "<action>" in rule:
         return [p for a in ACTIONS for p in concrete(rule.replace("<action>", a), download_id)]
-    samples = {"<download_id>": str(download_id), "<path>": "main.js"}
+    samples = {"<download_id>": str(download_id), "<path>": "main.js", "<model_id>": "7301"}
     for name, value in samples.items():
         rule = rule.replace(name, value)
     if "/static/bootstrap/" in rule:
