@@ -173,7 +173,8 @@ def test_defaults_when_empty_and_paths_relative_to_the_file(tmp_path):
     assert loaded.host == "127.0.0.1" and loaded.log_level == "INFO" and loaded.sidecars is True
     assert loaded.inbox_dir == tmp_path / "inbox" and loaded.database == tmp_path / "completed.db"
     assert loaded.type_dirs["LORA"] == "Lora" and loaded.type_dirs["Checkpoint"] == "Stable-diffusion"
-    assert loaded.update_check == {"enabled": True, "time": "04:00", "auto_download": True}
+    assert loaded.update_check == {"enabled": True, "time": "04:00", "auto_download": True,
+                                    "policy": "alongside"}
 
 
 def test_default_config_text_covers_every_setting_and_loads(tmp_path):
@@ -183,7 +184,7 @@ def test_default_config_text_covers_every_setting_and_loads(tmp_path):
     loaded = settings.load(write(tmp_path, text))
     for setting in settings.SETTINGS:
         if not setting.path and setting.name not in settings.NESTED and setting.name != "type_dirs":
-            assert getattr(loaded, setting.name) == setting.default, setting.name
+            assert getattr(loaded, setting.name) == setting.check(setting.default), setting.name
 
 
 def test_missing_file_is_created(tmp_path):
