@@ -22,6 +22,7 @@ from .workflow import is_workflow, workflow_refs
 
 log = logging.getLogger("daemon.intake")
 
+MAX_LOOKUPS = 100  # models named by one image's parameters (a real one names a handful)
 NO_METADATA = ("image: no generation metadata (neither a ComfyUI 'workflow' nor an A1111/Forge 'parameters' "
                "text chunk); drop images saved by ComfyUI, A1111 or Forge with metadata kept")
 
@@ -98,7 +99,11 @@ class Intake:
     # -- A1111 / Forge images --------------------------------------------------------------
     def _parameters_items(self, text):
         items, versions = [], set()
-        for wanted in parameters_refs(text):
+        refs = parameters_refs(text)
+        if len(refs) > MAX_LOOKUPS:  # each costs a Civitai call on the one intake thread: 10,000 held it for hours
+            raise ManifestError([f"image: its generation parameters name {len(refs)} models; at most {MAX_LOOKUPS} "
+                                 "are looked up per image (write a manifest for more)"])
+        for wanted in refs:
             if wanted.error:
                 items.append(Item(index=0, source=wanted.source, error=wanted.error))
                 continue

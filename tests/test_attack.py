@@ -117,3 +117,13 @@ def test_a_workflow_node_type_that_is_not_a_string_is_rejected_not_raised(make_d
     folder, result = d.result("odd.json", timeout=60)
     assert folder == "failed" and "lists no models" in json.dumps(result), result
     assert "Traceback" not in d.logs() + d.read_stderr()
+
+
+def test_an_image_naming_thousands_of_models_is_refused_before_any_lookup(make_daemon, fake):
+    """`Hashes: {…}` with 5,000 entries cost 5,000 Civitai calls on the one intake thread (all inboxes waited)."""
+    d = make_daemon()
+    hashes = {f"lora:m{i}": f"{i:010x}" for i in range(5000)}
+    d.drop("many.png", png({"parameters": f"a castle\nSteps: 20, Hashes: {json.dumps(hashes)}"}))
+    folder, result = d.result("many.png", timeout=60)
+    assert folder == "failed" and "at most 100" in json.dumps(result), result
+    assert not fake.requests_to(prefix="/api/v1/model-versions/by-hash")
