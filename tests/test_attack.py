@@ -127,3 +127,28 @@ def test_an_image_naming_thousands_of_models_is_refused_before_any_lookup(make_d
     folder, result = d.result("many.png", timeout=60)
     assert folder == "failed" and "at most 100" in json.dumps(result), result
     assert not fake.requests_to(prefix="/api/v1/model-versions/by-hash")
+
+
+def test_a_library_scan_stores_civitai_json_scrubbed_of_tokens_in_urls(make_daemon, fake, tmp_path):
+    """The library kept the by-hash version JSON raw: a URL token in it reached the database,
+    `.civitai.info` and /api/library (downloads were scrubbed since issue 11 item 16; the scan was not)."""
+    import sqlite3
+    secret = "LEAKEDTOKEN0123456789"
+    fake.add_model(701, "Scrubbed")
+    blob = fake.add_version(701, 7011, "v1", data=b"\x00model scrubbed" * 64, filename="scrubbed.safetensors",
+                            description=f"https://cdn.example/notes.png?token={secret}")
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "scrubbed.safetensors").write_bytes(b"\x00model scrubbed" * 64)
+    d = make_daemon(library={"roots": [str(root)], "scan_on_start": False})
+    _scan(d)
+    items = d.get("/api/library", params={"limit": 100}).json()["items"]
+    entry = next(i for i in items if i["path"].endswith("scrubbed.safetensors"))
+    assert entry["modelVersionId"] == 7011, entry
+    assert blob["sha256"]
+    assert secret not in json.dumps(d.get(f"/api/library/{entry['id']}").json())
+    database = next(d.home.glob("*.db"), None) or next(d.home.rglob("*.db"))
+    with sqlite3.connect(database) as conn:
+        assert not [r for r in conn.execute("SELECT civitai_info FROM library") if secret in (r[0] or "")]
+    sidecar = root / "scrubbed.civitai.info"
+    assert not sidecar.exists() or secret not in sidecar.read_text()

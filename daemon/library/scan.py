@@ -12,6 +12,7 @@ import time
 from .. import sidecars
 from ..events import DOWNLOAD_COMPLETED, LIBRARY_SCAN_DONE, LIBRARY_SCAN_PROGRESS
 from ..models import Download, LibraryEntry, LibraryScan, db, iso, utcnow
+from ..redact import scrub
 from ..states import Status
 from . import hashcache, hashing, sidecars_in, store, walk
 from .identify import Identifier, Pacer, fresh_unknowns, remember_unknown
@@ -38,7 +39,7 @@ def apply_version(row, version, source):
     row.model_type = fields["model_type"] or row.model_type
     row.base_model = fields["base_model"] or row.base_model
     row.published_at = version.get("publishedAt") or version.get("createdAt") or row.published_at
-    row.civitai_info = json.dumps(version, separators=(",", ":"))
+    row.civitai_info = json.dumps(scrub(version), separators=(",", ":"))  # no URL token into the DB or sidecar
     row.source = source
 
 
