@@ -152,3 +152,18 @@ def test_a_library_scan_stores_civitai_json_scrubbed_of_tokens_in_urls(make_daem
         assert not [r for r in conn.execute("SELECT civitai_info FROM library") if secret in (r[0] or "")]
     sidecar = root / "scrubbed.civitai.info"
     assert not sidecar.exists() or secret not in sidecar.read_text()
+
+
+@pytest.mark.parametrize("info", [{"id": 1, "files": [{"hashes": ["SHA256"]}]}, {"id": 1, "files": 5}])
+def test_a_malformed_sidecar_does_not_end_the_scan(make_daemon, tmp_path, info):
+    """A `.civitai.info` whose files or hashes have the wrong shape raised out of the sidecar reader."""
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "odd.safetensors").write_bytes(b"\x00model odd" * 100)
+    (root / "odd.civitai.info").write_text(json.dumps(info))
+    (root / "fine.safetensors").write_bytes(b"\x00model fine" * 100)
+    d = make_daemon(library={"roots": [str(root)], "scan_on_start": False})
+    status = _scan(d)
+    assert status["state"] == "done", status
+    paths = [i["path"] for i in d.get("/api/library", params={"limit": 100}).json()["items"]]
+    assert any(p.endswith("fine.safetensors") for p in paths) and any(p.endswith("odd.safetensors") for p in paths)

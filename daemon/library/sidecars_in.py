@@ -53,9 +53,10 @@ def _sha(value):
 
 def version_hashes(version):
     found = set()
-    for file in version.get("files") or []:
+    files = version.get("files")
+    for file in files if isinstance(files, list) else []:
         hashes = file.get("hashes") if isinstance(file, dict) else None
-        for key, value in (hashes or {}).items():
+        for key, value in (hashes if isinstance(hashes, dict) else {}).items():
             if key.upper() == "SHA256" and _sha(value):
                 found.add(value.lower())
     return found
@@ -125,7 +126,7 @@ def read(model_path):
             continue
         try:
             parsed = parse(json.loads(text) if is_json else text)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError, AttributeError, TypeError):  # a file of the wrong shape is skipped
             parsed = None
         if parsed:
             found.append(Sidecar(kind=kind, path=path, mtime_ns=info.st_mtime_ns, **parsed))
