@@ -256,6 +256,8 @@ def test_manifests_and_updates(api, shared_fake):
     ("GET", "/api/downloads?limit=-5", 400),
     ("GET", "/api/downloads?limit=100000", 400),
     ("GET", "/api/downloads?offset=x", 400),
+    ("GET", "/api/downloads?limit=", 400),
+    ("GET", "/api/library?limit=&q=", 400),
     ("GET", "/api/downloads?state=bogus", 400),
     ("GET", "/api/completed?limit=abc", 400),
     ("GET", "/api/manifests?offset=-1", 400),
@@ -268,6 +270,7 @@ def test_manifests_and_updates(api, shared_fake):
     ("GET", "/api/nothing-here", 404),
     ("GET", "/nothing-here", 404),
     ("GET", "/api/downloads/1/cancel", 405),
+    ("GET", "/api/downloads/retry-failed", 405),
     ("DELETE", "/api/downloads", 405),
     ("PUT", "/api/download", 405),
 ])

@@ -323,7 +323,9 @@ def test_library_routes_are_in_the_openapi_document_and_answers_match_it(fake, m
     check("GET", "/api/library/0", "/api/library/{entry_id}", status=400)
     check("GET", "/api/library/77777", "/api/library/{entry_id}", status=404)
     check("GET", "/api/library?limit=abc", status=400)
-    check("POST", "/api/library/scan", status=400, json={"paths": ["/etc"]})
+    check("POST", "/api/library/scan", status=404, json={"paths": ["/etc"]})
+    check("POST", "/api/library/scan", status=400, json={"paths": [""]})
+    check("POST", "/api/library/scan", status=400, json=[None])
 
 
 def test_a_failed_lookup_is_retried_once_and_never_loses_the_other_results(fake, make_daemon, tmp_path):

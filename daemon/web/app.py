@@ -93,7 +93,7 @@ def _digits(raw):
 
 def _int_param(name, default, minimum=0, maximum=None):
     raw = bottle.request.query.get(name)
-    if raw in (None, ""):
+    if raw is None:  # absent; an empty value ("?limit=") is a typo to report, not a silent default
         return default
     if not _digits(raw) or len(raw) > 18:
         raise ApiError(400, f"{name} must be a non-negative integer, got {raw[:40]!r}")
@@ -270,7 +270,8 @@ class WebApp:
         post("/api/download", self.api_download)
         post("/api/batch", self.api_batch)
         get("/api/downloads", self.api_downloads)
-        get("/api/downloads/<download_id>", self.api_download_one)
+        # Not matching retry-failed keeps bottle's 405 Allow header to the methods that route really has.
+        get("/api/downloads/<download_id:re:(?!retry-failed$)[^/]+>", self.api_download_one)
         get("/api/downloads/<download_id>/info", self.api_download_info)
         # <img> tags cannot send headers: this one read-only route also takes ?token=.
         app.route("/api/downloads/<download_id>/preview", "GET", self._guard(self.api_preview, query_token=True))

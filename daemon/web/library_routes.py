@@ -5,6 +5,7 @@ import stat
 import bottle
 
 from .. import update_policy
+from ..states import APPLY_MODES
 from ..library import store
 from ..sidecars import MAX_PREVIEW, find_preview
 from .app import MAX_LIMIT, PREVIEW_TYPES, ApiError, _db, _decode, _digits, _int_param, _read_body
@@ -69,13 +70,15 @@ def install(web, scanner):
     def scan_start():
         raw = _read_body()
         body = _decode(raw) if raw.strip() else {}
-        paths = body.get("paths") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise ApiError(400, 'body must be {"paths": [folders or files under library.roots]}, or empty for all')
+        paths = body.get("paths")
         if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths)):
             raise ApiError(400, "paths must be a list of folders or files under library.roots")
         try:
             scan_id, started = _db(scanner.start, paths or None)
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+        except ValueError as exc:  # a well-formed body naming a path the library does not hold: 404, not 400
+            raise ApiError(404, str(exc)) from None
         if not started:
             bottle.response.set_header("Location", "library/scan")
             return web._json({"error": f"scan {scan_id} is already running; follow it with GET /api/library/scan",
@@ -97,9 +100,14 @@ def install(web, scanner):
         if not isinstance(body, dict):
             raise ApiError(400, 'body must be {"ids": [update ids]} or {"all": true}, with an optional "mode"')
         ids, everything, mode = body.get("ids"), body.get("all") is True, body.get("mode")
-        if not everything and (not isinstance(ids, list) or not ids
-                               or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)):
+        well_formed = isinstance(ids, list) and ids and all(
+            isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)
+        if ("ids" in body or not everything) and not well_formed:
             raise ApiError(400, 'send {"ids": [update ids]} (positive integers) or {"all": true}')
+        if "all" in body and not isinstance(body["all"], bool):
+            raise ApiError(400, f'"all" must be true or false, got {body["all"]!r:.40}')
+        if "mode" in body and mode not in APPLY_MODES:
+            raise ApiError(400, f'"mode" must be one of {", ".join(APPLY_MODES)}, got {mode!r:.40}')
         if web.updates is None:
             raise ApiError(503, "the update checker is not running")
         try:

@@ -19,6 +19,9 @@ def _ref(name):
 
 
 def _nullable(schema):
+    # OpenAPI 3.0.3: `nullable` does not widen an `enum`; null must be listed in it too.
+    if "enum" in schema:
+        schema = dict(schema, enum=[*schema["enum"], None])
     return dict(schema, nullable=True)
 
 

@@ -74,9 +74,13 @@ def paths():
             "202", _json_body(_obj({"ids": {"type": "array", "items": INT}, "updates": {"type": "array", "items": INT},
                                     "skipped": {"type": "array", "items": _obj({"id": INT, "reason": STR})}},
                                    required=["ids"]), "the download ids"),
-            "applyUpdates", body=_obj({"ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-                                       "all": {"type": "boolean"},
-                                       "mode": {"type": "string", "enum": list(APPLY_MODES)}}),
+            "applyUpdates", body=dict(_obj({"ids": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                                                    "minItems": 1},
+                                            "all": {"type": "boolean"},
+                                            "mode": {"type": "string", "enum": list(APPLY_MODES)}}),
+                                      # ids, or all: true (then ids, if sent, must still be well formed)
+                                      anyOf=[{"required": ["ids"]},
+                                             {"required": ["all"], "properties": {"all": {"enum": [True]}}}]),
             extra={"404": _error("no update with one of these ids"),
                    "503": _error("the update checker is not running")})},
         "/api/library/scan": {
@@ -84,8 +88,10 @@ def paths():
                         _json_body(_ref("LibraryScan"), "the scan"), op_id="getLibraryScan"),
             "post": _optional_body(_post("start a library scan of every root, or of `paths` under them", "202",
                           _json_body(_obj({"scan": INT}, required=["scan"]), "started"), "startLibraryScan",
-                          body=_obj({"paths": {"type": "array", "items": STR}}),
-                          extra={"409": _error("a scan is already running (its id is in `scan`)")})),
+                          body=_obj({"paths": _nullable({"type": "array", "items": {"type": "string", "minLength": 1},
+                                                               "description": "null or absent: every root"})}),
+                          extra={"404": _error("a path outside every library root"),
+                                 "409": _error("a scan is already running (its id is in `scan`)")})),
         },
     }
 
