@@ -94,8 +94,8 @@ class JsonRpcEndpoint:
             return self._send_json(_error(problem), 403)
         try:
             raw = self._read_body()
-        except Exception as exc:  # ApiError: too large
-            return self._send_json(_error(getattr(exc, "message", "bad request")), 413)
+        except Exception as exc:  # ApiError: too large (413) or an unreadable body (400)
+            return self._send_json(_error(getattr(exc, "message", "bad request")), getattr(exc, "status", 413))
         try:
             body = self._run(self._answer, raw)
         except Exception:
