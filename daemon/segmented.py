@@ -22,7 +22,7 @@ from .segments import Planner, drop_ranges, save_ranges
 
 log = logging.getLogger("daemon.segmented")
 
-READ_SIZE = 4 << 20     # one preallocated buffer per connection, filled by readinto (no per-chunk allocation)
+READ_SIZE = 1 << 20     # one preallocated buffer per connection, filled by readinto (no per-chunk allocation)
 TICK = 0.25             # how often progress is reported and the stop event looked at
 PERSIST_EVERY = 0.5     # seconds between writes of the completed-ranges file
 CONNECTION_TRIES = 3    # a connection that fails this often in a row gives up; the others go on
