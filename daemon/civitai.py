@@ -6,6 +6,7 @@ a query parameter and never to a storage host.
 import datetime
 import json
 import logging
+import math
 import threading
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,9 +42,26 @@ def parse_time(text):
     return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
 
 
+def _obj(value):
+    """`value` when it is a JSON object, else an empty one: a malformed answer reads as missing fields."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value):
+    return value if isinstance(value, list) else []
+
+
+def _int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None
+
+
+def _str(value):
+    return value if isinstance(value, str) else None
+
+
 def newest_version(model):
     """The newest published version: by publishedAt, else createdAt, else id — not list position."""
-    versions = [v for v in model.get("modelVersions") or [] if isinstance(v, dict) and v.get("id")]
+    versions = [v for v in _list(_obj(model).get("modelVersions")) if isinstance(v, dict) and _int(v.get("id"))]
     if not versions:
         return None
     epoch = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
@@ -52,7 +70,7 @@ def newest_version(model):
 
 
 def primary_file(version):
-    files = [f for f in version.get("files") or [] if isinstance(f, dict)]
+    files = [f for f in _list(_obj(version).get("files")) if isinstance(f, dict)]
     for test in (lambda f: f.get("primary") is True, lambda f: f.get("type") in PRIMARY_TYPES, lambda f: True):
         for file in files:
             if test(file):
@@ -68,10 +86,10 @@ def chosen_file(version, url=None):
     query = {k: v[0] for k, v in parse_qs(urlsplit(url or "").query).items() if k in FILE_PARAMS}
     if not query:
         return primary_file(version)
-    for file in version.get("files") or []:
+    for file in _list(_obj(version).get("files")):
         if not isinstance(file, dict):
             continue
-        meta = file.get("metadata") or {}
+        meta = _obj(file.get("metadata"))
         if "fileId" in query and str(file.get("id")) != query["fileId"]:
             continue
         if "type" in query and file.get("type") != query["type"]:
@@ -83,7 +101,7 @@ def chosen_file(version, url=None):
 
 
 def file_sha256(file):
-    hashes = (file or {}).get("hashes") or {}
+    hashes = _obj(_obj(file).get("hashes"))
     for key, value in hashes.items():
         if key.upper() == "SHA256" and isinstance(value, str) and len(value) == 64:
             return value.lower()
@@ -111,7 +129,11 @@ class CivitaiClient:
     def get(self, path, params=None):
         """JSON from `{base}/api/v1/{path}`; raises TransientError / PermanentError / NotOnCivitai / Cancelled."""
         retrying = http.retrying(self.retries + 1, self.backoff, self.backoff_max, self.stop, jitter=False)
-        return retrying(self._get_once, path, params)
+        body = retrying(self._get_once, path, params)
+        if not isinstance(body, dict):  # every GET answer is an object (the bulk POSTs answer lists)
+            raise PermanentError(f"Civitai's API sent {type(body).__name__} for {path} where an object was expected; "
+                                 "retry later, and report it if it persists")
+        return body
 
     def _get_once(self, path, params):
         return self._send("GET", path, params=params)
@@ -190,19 +212,23 @@ def ids_from_url(url, hosts):
 
 def describe(version, model=None, url=None):
     """The fields a download stores from a version (and optionally its model) JSON."""
-    model_info = version.get("model") or {}
+    version, model = _obj(version), _obj(model)
+    model_info = _obj(version.get("model"))
     file = chosen_file(version, url)
     size = None
-    if file and isinstance(file.get("sizeKB"), (int, float)):
-        size = round(file["sizeKB"] * 1024)
+    size_kb = (file or {}).get("sizeKB")
+    # NaN, infinities, negatives or absurd sizes (over 1 PB) are no size at all.
+    if isinstance(size_kb, (int, float)) and not isinstance(size_kb, bool) and math.isfinite(size_kb) \
+            and 0 < size_kb < 2**40:
+        size = round(size_kb * 1024)
     return {
-        "version_id": version.get("id"),
-        "model_id": version.get("modelId") or (model or {}).get("id"),
-        "model_name": model_info.get("name") or (model or {}).get("name"),
-        "version_name": version.get("name"),
-        "base_model": version.get("baseModel"),
-        "model_type": model_info.get("type") or (model or {}).get("type"),
-        "api_filename": sanitize_filename(file.get("name")) if file else None,
+        "version_id": _int(version.get("id")),
+        "model_id": _int(version.get("modelId")) or _int(model.get("id")),
+        "model_name": _str(model_info.get("name")) or _str(model.get("name")),
+        "version_name": _str(version.get("name")),
+        "base_model": _str(version.get("baseModel")),
+        "model_type": _str(model_info.get("type")) or _str(model.get("type")),
+        "api_filename": sanitize_filename(_str(file.get("name"))) if file else None,
         "api_size": size,
         "api_sha256": file_sha256(file),
     }
@@ -210,6 +236,7 @@ def describe(version, model=None, url=None):
 
 def early_access_until(version):
     """The end of an active early-access window, or None."""
+    version = _obj(version)
     for key in ("earlyAccessEndsAt", "earlyAccessDeadline"):
         when = parse_time(version.get(key))
         if when and when > datetime.datetime.now(datetime.timezone.utc):
@@ -238,6 +265,15 @@ class Resolver:
 
     def resolve(self, row):
         """Fields to store on the download; raises EarlyAccess / PermanentError / TransientError."""
+        try:
+            return self._resolve(row)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+            # Every field is read defensively; this is the net under that for answers of a shape
+            # nobody foresaw, so the item fails with a message instead of staying "downloading".
+            raise PermanentError(f"Civitai's API sent an answer the daemon cannot read ({type(exc).__name__}); "
+                                 "retry later, and report it if it persists") from None
+
+    def _resolve(self, row):
         model_id, version_id = self._ids(row)
         model = None
         if not version_id:
@@ -246,7 +282,7 @@ class Resolver:
             if newest is None:
                 raise NotOnCivitai(f"model {model_id} on Civitai has no published version to download "
                                    "(deleted, archived or unpublished)")
-            version_id = newest["id"]
+            version_id = _int(newest["id"])
         version = self.client.version(version_id)
         fields = describe(version, model, row.url)
         until = early_access_until(version)
@@ -261,7 +297,7 @@ class Resolver:
 
 def preview_image(version):
     """The first still image of a version: (url, nsfwLevel) or (None, None)."""
-    for image in version.get("images") or []:
+    for image in _list(_obj(version).get("images")):
         if isinstance(image, dict) and image.get("url") and image.get("type", "image") == "image":
-            return image["url"], image.get("nsfwLevel")
+            return _str(image["url"]), _int(image.get("nsfwLevel"))
     return None, None

@@ -31,6 +31,7 @@ from .throttle import Throttle  # noqa: F401 - re-exported for callers that buil
 log = logging.getLogger("daemon.fetch")
 
 MAX_REDIRECTS = 10
+IMPLAUSIBLE_SIZE = 10**13  # 10 TB: far beyond any model file; a Content-Length above it is a broken server
 
 
 @dataclasses.dataclass
@@ -166,7 +167,7 @@ class Fetcher:
                 location = response.headers.get("Location", "")
                 response.close()
                 if "reason=download-auth" in location or urlsplit(location).path.rstrip("/") == "/login":
-                    raise PermanentError(TOKEN_HELP)
+                    raise PermanentError(self._login_help(url))
                 via_civitai = via_civitai or on_civitai
                 url = urljoin(url, location)
                 continue
@@ -228,6 +229,10 @@ class Fetcher:
             raise PermanentError(f"Hugging Face refused the download ({status}: {message or 'unauthorized'}); a "
                                  "gated or private model needs huggingface_token (or HF_TOKEN) from an account "
                                  "that accepted the model's terms on its page")
+        if status in (401, 403) and url not in self.civitai:
+            # Not Civitai: its token would not help, and saying so would send the user the wrong way.
+            raise PermanentError(f"{host} refused access ({status}{': ' + message if message else ''}); the link "
+                                 "may need a login there or may have expired: check it in a browser, then retry")
         if status in (401, 403):
             if self.token and status == 403:
                 raise PermanentError(f"Civitai refused the download (403: {message or 'forbidden'}); your token "
@@ -252,8 +257,8 @@ class Fetcher:
         ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype in ("text/html", "application/xhtml+xml"):
             raise PermanentError("the server sent an HTML page instead of the model file (usually Civitai's login "
-                                 f"or maintenance page); {TOKEN_HELP}, or try again later")
-        if ctype == "application/json":
+                                 f"or maintenance page); {self._login_help(job.url)}, or try again later")
+        if ctype == "application/json" or ctype.endswith("+json"):
             body = _json_body(response, self.settings.timeout) or {}
             raise PermanentError(f"the server sent a JSON error instead of the file: "
                                  f"{body.get('message') or body.get('error') or 'unknown error'}")
@@ -344,6 +349,12 @@ class Fetcher:
             job.transfer = None
         part.have = part.validator = None
 
+    def _login_help(self, url):
+        """What to do about a login page: Civitai's token for Civitai, else check the link."""
+        if url in self.civitai:
+            return TOKEN_HELP
+        return "the link may need a login or may have expired: check it in a browser"
+
     def _after_416(self, job, part, headers):
         size = headers.get("Content-Range", "").rpartition("/")[2]
         if part.offset and size.isdigit() and int(size) == part.offset:
@@ -353,7 +364,13 @@ class Fetcher:
 
     def _check_space(self, job, needed):
         job.folder.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(job.folder).free
+        usage = shutil.disk_usage(job.folder)
+        free = usage.free
+        if needed > IMPLAUSIBLE_SIZE and needed > usage.total:
+            # Not a full disk: no model file is that large, so freeing space would not help.
+            raise PermanentError(f"the server announced {_size(needed)} for this file, an impossible size for a "
+                                 f"model (more than the whole disk at {job.folder}, {_size(usage.total)}); "
+                                 "the link or the server is wrong")
         if needed > free - (16 << 20):
             raise DiskFull(f"disk full: {_size(needed)} needed in {job.folder} but only {_size(free)} free; "
                            "free some space, then retry")
@@ -387,9 +404,11 @@ class Fetcher:
                         raise TransientError(f"no data for {timeout:g} s") from None
                     raise TransientError(f"connection lost after {_size(received)}: {_short(exc)}") from None
                 if got:
-                    if received == 0 and filled == 0 and gate.sniff_problem(bytes(view[:min(got, 64)])):
+                    if received == 0 and filled == 0 and gate.sniff_problem(bytes(view[:min(got, 1024)]),
+                                                                            part.filename):
+                        part.discard()  # an error page, not the start of the file: nothing to resume
                         raise PermanentError("the server sent an HTML page instead of the model file (usually "
-                                             f"Civitai's login or maintenance page); {TOKEN_HELP}")
+                                             f"Civitai's login or maintenance page); {self._login_help(job.url)}")
                     filled += got
                     received += got
                     if job.on_progress:

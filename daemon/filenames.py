@@ -39,6 +39,19 @@ def filename_problem(name):
     return None
 
 
+# The daemon's own names beside a download (`<name>.<id>.part`, `<name>.<id>.part.json`): a final
+# name ending so could pass for another download's part, so it is refused in manifests and renamed
+# when a server chose it ("model.bin.part" → "model.bin_part").
+_RESERVED = re.compile(r"\.part(\.json)?$", re.IGNORECASE)
+
+
+def reserved_problem(name):
+    """Why `name` is reserved for the daemon's part files, or None."""
+    if isinstance(name, str) and _RESERVED.search(name):
+        return "must not end in .part or .part.json (the daemon's names for unfinished downloads)"
+    return None
+
+
 def sanitize_filename(name):
     """Turn a server-supplied name into a safe plain file name, or None."""
     if not name:
@@ -55,6 +68,7 @@ def sanitize_filename(name):
         stem, dot, ext = name.rpartition(".")
         name = (stem[:-1] + dot + ext) if stem and len(ext) < 16 else name[:-1]
     name = name.strip()
+    name = _RESERVED.sub(lambda m: "_part" + (m.group(1) or ""), name)
     return name if filename_problem(name) is None else None
 
 

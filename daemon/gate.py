@@ -6,16 +6,20 @@ import json
 import logging
 import os
 import struct
+import threading
 from pathlib import Path
 
-from .errors import FileInTheWay, HashMismatch, TransientError
+from .errors import FileInTheWay, HashMismatch, PermanentError, TransientError
 from .filenames import fit_name
 from .segments import drop_ranges, load_ranges
 from .throttle import READ_SIZE
 
 log = logging.getLogger("daemon.gate")
 
-SNIFF = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+SNIFF = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<!--")
 
 
 @dataclasses.dataclass
@@ -120,11 +124,48 @@ def in_place(folder, names, expected_sha256, asked_name):
     return None
 
 
-def sniff_problem(head):
-    """Why the first bytes of a model file look like an error page, or None."""
-    head = head[:64].lstrip().lower()
-    if head.startswith(SNIFF):
-        return "html"
+# Names a server may rightly send as text: an error page check would refuse them.
+TEXT_NAMES = (".txt", ".json", ".yaml", ".yml", ".md", ".html", ".htm", ".xml", ".svg", ".csv", ".toml", ".ini",
+              ".cfg", ".py", ".js")
+BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+SMALL_BODY = 64 << 10  # an error message is short; a model file never is
+
+
+def _stripped(head):
+    for bom in BOMS:
+        if head.startswith(bom):
+            head = head[len(bom):]
+            break
+    return head.lstrip()
+
+
+def sniff_problem(head, filename=None):
+    """What the first bytes of a model file show it to be instead (an HTML or XML page), or None."""
+    if filename and filename.lower().endswith(TEXT_NAMES):
+        return None
+    if _stripped(head[:1024]).lower().startswith(SNIFF):
+        return "an HTML page"
+    return None
+
+
+def small_body_problem(fd, size, filename):
+    """What a short non-text download is instead of a model file (a JSON or plain-text message), or None."""
+    name = (filename or "").lower()
+    if size > SMALL_BODY or name.endswith(TEXT_NAMES) or name.endswith(".safetensors"):
+        return None
+    data = _stripped(os.pread(fd, size, 0))
+    if data[:1] in (b"{", b"["):
+        try:
+            json.loads(data)
+            return f"a JSON message ({data[:120].decode('utf-8', 'replace')})"
+        except ValueError:
+            pass
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text and all(ch.isprintable() or ch in "\t\r\n" for ch in text):
+        return f"a short text message ({text[:120].strip()!r})"
     return None
 
 
@@ -154,6 +195,12 @@ def publish(part, expected_sha256, api_size):
         raise TransientError(f"size mismatch: got {size} bytes, Civitai lists {api_size}", restart=True)
     if size == 0:
         raise TransientError("the server sent an empty file", restart=True)
+    with open(part.path, "rb") as handle:
+        instead = small_body_problem(handle.fileno(), size, part.filename)
+    if instead:
+        part.discard()
+        raise PermanentError(f"the server sent {instead} instead of the file; check the URL (the link may need "
+                             "a login, have expired or point to an error page)")
     if part.filename.lower().endswith(".safetensors"):
         problem = safetensors_problem(part.path, size)
         if problem and not expected_sha256:
@@ -205,3 +252,29 @@ def hash_file(path):
         while block := handle.read(READ_SIZE):
             hasher.update(block)
     return hasher.hexdigest()
+
+
+def temp_name(name):
+    """A hidden temp name beside `name`, unique to this thread, within the 255-byte limit."""
+    return fit_name("." + name, f".{os.getpid()}.{threading.get_ident() % 10**6}.tmp")
+
+
+def write_new(target, data, replace=True):
+    """Write `data` to `target` atomically through a temp file beside it, created new (O_EXCL) and
+    never through a link (O_NOFOLLOW): a link planted in the folder cannot redirect the write.
+    With `replace` False an existing `target` is kept (FileExistsError)."""
+    target = Path(target)
+    tmp = target.with_name(temp_name(target.name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        if replace:
+            os.replace(tmp, target)  # rename replaces a link at `target` itself, never what it points to
+        else:
+            os.link(tmp, target, follow_symlinks=False)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass

@@ -195,6 +195,9 @@ def network_problem(exc, host, timeout):
         return f"{host} refused the connection (nothing listens there); check the URL or try again later"
     if "Network is unreachable" in text or "No route to host" in text:
         return f"{host} is unreachable from this machine (no network route); check the network connection"
+    if "BadStatusLine" in text:
+        return (f"the server at {host} did not speak HTTP (another kind of server on that port?); cannot connect "
+                "to it as a web server: check the URL and port")
     if "reset" in text.lower() or "RemoteDisconnected" in text or "aborted" in text.lower():
         return f"{host} closed the connection unexpectedly; the daemon tries again"
     return f"cannot connect to {host}; check the network connection and the URL"

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from .errors import ManifestError
 from .filenames import (CIVITAI_HOSTS, DRIVE, MAX_NAME_BYTES, civitai_ids, filename_problem, has_control,  # noqa: F401
-                        sanitize_filename)  # re-exported: the web layer and tests read them here
+                        reserved_problem, sanitize_filename)  # re-exported: the web layer and tests read them here
 
 ITEM_FIELDS = ("url", "modelId", "modelVersionId", "air", "sha256", "filename", "priority", "subdir")
 MAX_ITEMS = 100_000
@@ -135,7 +135,7 @@ def _parse_item(raw, index, problems):
         else:
             fields["sha256"] = sha.lower()
     if raw.get("filename") is not None:
-        problem = filename_problem(raw["filename"])
+        problem = filename_problem(raw["filename"]) or reserved_problem(raw["filename"])
         if problem:
             problems.append(f"{where}.filename: {problem}")
         else:

@@ -3,7 +3,7 @@ Civitai Helper convention). A failed sidecar is logged, never fails the download
 import json
 import logging
 import os
-import threading
+import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,27 +11,12 @@ import requests
 
 from . import http
 from .civitai import preview_image
+from .gate import write_new
 
 log = logging.getLogger("daemon.sidecars")
 
 MAX_PREVIEW = 32 << 20
 PREVIEW_DEADLINE = 60  # seconds for the whole image
-
-
-def write_new(target, data):
-    """Write `data` to `target` atomically through a temp file beside it that is created new (O_EXCL)
-    and never through a symlink (O_NOFOLLOW): a planted link cannot redirect the write outside."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)  # rename replaces a symlink at `target` itself, never follows it
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -49,6 +34,27 @@ def find_preview(model_path):
         if os.path.exists(candidate):  # False (not OSError) when the name is too long
             return candidate
     return None
+
+
+def read_preview(model_path, root):
+    """(bytes, extension) of a model file's preview, only when it is a plain file under `root`: a link
+    (to a file outside, or a folder link leading outside) is never followed. None otherwise."""
+    preview = find_preview(model_path)
+    if preview is None:
+        return None
+    root = Path(os.path.realpath(root))
+    folder = Path(os.path.realpath(preview.parent))
+    if folder != root and root not in folder.parents:
+        return None
+    try:
+        fd = os.open(folder / preview.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PREVIEW:
+            return None
+        return handle.read(MAX_PREVIEW), preview.suffix.lower()
 
 
 def write(model_path, civitai_info, fetcher=None, settings=None):
@@ -116,14 +122,11 @@ def write_missing(model_path, civitai_info, settings=None):
     if not os.path.exists(info_path):
         try:
             version = json.loads(civitai_info)
-            tmp = info_path.with_name(f".{info_path.name}.tmp")
-            tmp.write_text(json.dumps(version, indent=2, ensure_ascii=False), encoding="utf-8")
-            try:
-                os.link(tmp, info_path)  # fails if another writer got there first: theirs stays
+            try:  # fails if another writer got there first: theirs stays
+                write_new(info_path, json.dumps(version, indent=2, ensure_ascii=False).encode("utf-8"),
+                          replace=False)
             except FileExistsError:
                 pass
-            finally:
-                tmp.unlink(missing_ok=True)
         except (OSError, ValueError) as exc:
             log.warning("could not write %s: %s", info_path, exc)
             return None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import events
 from .errors import ManifestError
+from .gate import write_new
 from .manifest import parse_manifest
 from .models import is_postgres, iso, utcnow
 from .states import ManifestStatus, Status
@@ -47,16 +48,8 @@ def free_name(folder, name):
 
 
 def write_json_atomic(path, data):
-    """Write JSON under a temporary name, then rename it into place; no stray temp file on failure."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """A result file, written through a new temp file that no planted link can redirect (removed on failure)."""
+    write_new(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def move_file(source, target):

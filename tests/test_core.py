@@ -309,7 +309,8 @@ def test_throttle_is_shared_fairly(make_daemon, fake):
     assert daemon.result("fair.json", 60)[0] == "done"
 
 
-def test_too_little_free_disk_fails_clearly(make_daemon, fake):
+def test_impossible_size_is_said_as_such_not_as_disk_full(make_daemon, fake):
+    """An exabyte announced is a wrong link or server, not a full disk: freeing space would not help."""
     blob = fake.add_blob("huge.bin", size=10_000)
     fake.faults.wrong_length = 10**18  # advertises about an exabyte
     daemon = make_daemon(retries=1)
@@ -317,7 +318,8 @@ def test_too_little_free_disk_fails_clearly(make_daemon, fake):
     folder, result = daemon.result("huge.json")
     assert folder == "failed"
     error = result["items"][0]["error"]
-    assert "disk full" in error and "free some space" in error
+    assert "announced" in error and "impossible size" in error, error
+    assert "disk full" not in error and "free some space" not in error
     assert len([r for r in fake.requests_to("files") if r.method == "GET"]) == 1  # not retried
     assert not list((daemon.home / "downloads").glob("huge.bin*"))
 

@@ -19,7 +19,7 @@ from xstatic.pkg import bootstrap as xstatic_bootstrap
 from .. import __version__
 from ..errors import InvalidTransition, ManifestError, NotFound
 from ..manifest import parse_items, strict_json
-from ..sidecars import find_preview
+from ..sidecars import read_preview
 from ..states import ACTIONS, Status, UpdateState
 from ..redact import scrub
 from ..views import stored_info
@@ -410,13 +410,11 @@ class WebApp:
         return scrub(stored_info(self.queue.get(download_id).civitai_info))
 
     def api_preview(self, download_id):
-        preview = _db(self._preview_path, _id(download_id))
-        if preview is None:
+        found = _db(self._preview_path, _id(download_id))
+        if found is None:  # none, vanished, or not a plain file under download_dir
             raise ApiError(404, f"download {download_id} has no preview image")
-        response = bottle.static_file(preview.name, root=str(preview.parent),
-                                      mimetype=PREVIEW_TYPES[preview.suffix.lower()])
-        if response.status_code >= 400:  # vanished or unreadable between the lookup and now
-            raise ApiError(404, f"download {download_id} has no preview image")
+        data, suffix = found
+        response = bottle.HTTPResponse(data, Content_Type=PREVIEW_TYPES[suffix])
         # private: the URL may carry ?token=; nosniff + CSP: a served file is only ever an image
         response.set_header("Cache-Control", "private, no-cache")
         response.set_header("X-Content-Type-Options", "nosniff")
@@ -428,8 +426,8 @@ class WebApp:
         row = self.queue.get(download_id)
         if row.state != Status.COMPLETED or not row.path:
             return None
-        preview = find_preview(row.path)
-        return preview if preview is not None and preview.suffix.lower() in PREVIEW_TYPES else None
+        found = read_preview(row.path, self.settings.download_dir)
+        return found if found is not None and found[1] in PREVIEW_TYPES else None
 
     def api_retry_failed(self):
         ids = _db(self.queue.retry_failed)
