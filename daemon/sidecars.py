@@ -46,15 +46,22 @@ def read_preview(model_path, root):
     folder = Path(os.path.realpath(preview.parent))
     if folder != root and root not in folder.parents:
         return None
+    data = read_plain(folder / preview.name)
+    return None if data is None else (data, preview.suffix.lower())
+
+
+def read_plain(path):
+    """The bytes of `path` when it is a plain file of at most MAX_PREVIEW bytes, opened without following
+    a link (a link, FIFO or folder is never read); None otherwise."""
     try:
-        fd = os.open(folder / preview.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PREVIEW:
             return None
-        return handle.read(MAX_PREVIEW), preview.suffix.lower()
+        return handle.read(MAX_PREVIEW)
 
 
 def write(model_path, civitai_info, fetcher=None, settings=None):

@@ -14,7 +14,6 @@ from . import events, sidecars
 from .update_policy import Applier, classify, overrides, policy_for, update_dict
 from .civitai import NotOnCivitai, file_sha256, newest_version, parse_time, primary_file
 from .errors import DaemonError
-from .manifest import Item
 from .models import Download, LibraryEntry, ModelUpdate, db, iso
 from .states import Status, UpdateState
 

@@ -7,7 +7,6 @@ import datetime
 import json
 import os
 import sqlite3
-import time
 from pathlib import Path
 
 

@@ -1,13 +1,11 @@
 """The library's routes (SPEC §10): entries, previews from disk, the scan."""
-import os
-import stat
 
 import bottle
 
 from .. import update_policy
 from ..states import APPLY_MODES
 from ..library import store
-from ..sidecars import MAX_PREVIEW, find_preview
+from ..sidecars import find_preview, read_plain
 from .app import MAX_LIMIT, PREVIEW_TYPES, ApiError, _db, _decode, _digits, _int_param, _read_body
 
 
@@ -15,19 +13,6 @@ def _id(raw, what="library entry id"):
     if not _digits(raw) or len(raw) > 18 or int(raw) == 0:
         raise ApiError(400, f"{what} must be a positive integer, got {raw[:40]!r}")
     return int(raw)
-
-
-def _plain_file(path):
-    """The bytes of `path` when it is a plain file itself (opened without following a link), else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PREVIEW:
-            return None
-        return handle.read(MAX_PREVIEW)
 
 
 def install(web, scanner):
@@ -55,7 +40,7 @@ def install(web, scanner):
         found = _db(find_preview, row.path) if not row.missing else None
         if found is None or found.suffix.lower() not in PREVIEW_TYPES:
             raise ApiError(404, f"library entry {entry_id} has no preview image")
-        data = _plain_file(found)
+        data = read_plain(found)
         if data is None:  # a link (to any file on the machine), a FIFO, a folder: never served
             raise ApiError(404, f"library entry {entry_id} has no preview image")
         response = bottle.HTTPResponse(data, content_type=PREVIEW_TYPES[found.suffix.lower()])
