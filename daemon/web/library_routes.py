@@ -6,7 +6,7 @@ from .. import update_policy
 from ..states import APPLY_MODES
 from ..library import store
 from ..sidecars import find_preview, read_plain
-from .app import MAX_LIMIT, PREVIEW_TYPES, ApiError, _db, _decode, _digits, _int_param, _read_body
+from .request import MAX_LIMIT, PREVIEW_TYPES, ApiError, _db, _decode, _digits, _int_param, _read_body
 
 
 def _id(raw, what="library entry id"):
