@@ -61,6 +61,31 @@ def _ended_fields(item, now):
     return {}
 
 
+def _set_clause(values):
+    """`"col" = ?, …` and its parameters for plain field values, or None when one needs peewee."""
+    fields = Download._meta.fields
+    if any(name not in fields or isinstance(value, peewee.Node) for name, value in values.items()):
+        return None
+    return (", ".join(f'"{fields[name].column_name}" = ?' for name in values),
+            [fields[name].db_value(value) for name, value in values.items()])
+
+
+def _update_returning(download_id, states, values):
+    """UPDATE one download if its state is in `states`, RETURNING the row (a list of 0 or 1 rows).
+
+    Hand-written: each download's end runs it, and peewee spent more Python building the
+    statement than SQLite spent running it (bench, ingest). Expressions go through peewee.
+    """
+    clause = _set_clause(values) if states else None
+    if clause is None:
+        change = (Download.update(**values).where((Download.id == download_id) & Download.state.in_(states))
+                  .returning(Download))
+        return list(change.execute())
+    sql = _sql(f'UPDATE "downloads" SET {clause[0]} WHERE "id" = ? AND "state" IN ({", ".join("?" * len(states))}) '
+               'RETURNING *')
+    return list(Download.raw(sql, *clause[1], download_id, *states))
+
+
 class Queue:
     """Queue operations over the Download table; publishes events on `bus`."""
 
@@ -81,9 +106,13 @@ class Queue:
         return record
 
     def finish_manifest(self, manifest_id, status, final_name, errors=()):
+        # Hand-written SQL here and below: every manifest's end runs these, and peewee spent more
+        # Python building them than SQLite spent running them (bench, ingest).
         with db.connection_context():
-            ManifestRecord.update(status=ManifestStatus(status).value, finished_at=utcnow(), final_name=final_name,
-                                  errors=json.dumps(list(errors))).where(ManifestRecord.id == manifest_id).execute()
+            db.execute_sql(_sql('UPDATE "manifests" SET "status" = ?, "finished_at" = ?, "final_name" = ?, '
+                                '"errors" = ? WHERE "id" = ?'),
+                           (ManifestStatus(status).value, ManifestRecord.finished_at.db_value(utcnow()), final_name,
+                            json.dumps(list(errors)), manifest_id))
 
     def open_manifests(self):
         with db.connection_context():
@@ -95,84 +124,105 @@ class Queue:
     def open_manifest(self, manifest_id):
         """The manifest record if it is still processing, else None."""
         with db.connection_context():
-            return ManifestRecord.get_or_none((ManifestRecord.id == manifest_id)
-                                              & (ManifestRecord.status == ManifestStatus.PROCESSING.value))
+            return next(iter(ManifestRecord.raw(_sql('SELECT * FROM "manifests" WHERE "id" = ? AND "status" = ?'),
+                                                manifest_id, ManifestStatus.PROCESSING.value)), None)
 
     def manifest_items(self, manifest_id):
         with db.connection_context():
-            return list(Download.select().where(Download.manifest == manifest_id).order_by(Download.manifest_index))
+            return list(Download.raw(_sql('SELECT * FROM "downloads" WHERE "manifest_id" = ? '
+                                          'ORDER BY "manifest_index"'), manifest_id))
 
     def manifest_pending(self, manifest_id):
         """How many of a manifest's items have not ended yet."""
+        ended = [s.value for s in ENDED]
         with db.connection_context():
-            return Download.select().where((Download.manifest == manifest_id)
-                                           & Download.state.not_in([s.value for s in ENDED])).count()
+            return db.execute_sql(_sql('SELECT COUNT(*) FROM "downloads" WHERE "manifest_id" = ? AND "state" NOT IN '
+                                       f'({", ".join("?" * len(ended))})'), (manifest_id, *ended)).fetchone()[0]
 
     # -- enqueue ---------------------------------------------------------
     def enqueue(self, items, manifest=None, civitai_url=None):
         """Insert items (manifest.Item) as queued downloads; returns their ids.
 
         One short write transaction even for 10,000 items: twins are found with a few bulk
-        queries and in memory, and rows go in with insert_many (row-by-row creates held the
+        queries and in memory, and rows go in with executemany (row-by-row creates held the
         write lock for seconds, so workers' claims hit "database is locked").
         """
-        rows = []
-        now = utcnow()
         with db.connection_context():
             with db.atomic("IMMEDIATE"):
-                if is_postgres():
-                    db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_ENQUEUE_LOCK,))
-                ids = iter(self._new_ids(len(items)))
-                # Stored split: the public URL in clear, its secret part sealed; dedupe on the whole URL.
-                urls = {item.url: self._store_url(item.url) for item in items if item.url}
-                by_sha, by_version, by_url = self._twin_index(
-                    {i.sha256 for i in items if i.sha256}, {i.version_id for i in items if i.version_id},
-                    {urls[i.url]["url_key"] for i in items if i.url})
-                for item in items:
-                    stored = urls.get(item.url, {})
-                    key = stored.get("url_key")
-                    # A known hash decides alone against other versions (a re-upload is different content);
-                    # the same URL is the same content unless both name different hashes.
-                    same_url, url_hash = by_url.get(key, (None, None))
-                    if item.sha256:
-                        found = [by_sha.get(item.sha256), same_url if url_hash in (None, item.sha256) else None]
-                    else:
-                        found = [by_version.get(item.version_id), same_url]
-                    parent = min((f for f in found if f is not None), default=None)
-                    ended = _ended_fields(item, now)
-                    if ended:
-                        parent = None
-                    fields = {"state": Status.QUEUED.value, **ended}
-                    next_id = next(ids)
-                    row = Download(id=next_id, **stored, filename=item.filename,
-                                   subdir=item.subdir, expected_sha256=item.sha256, priority=item.priority,
-                                   manifest=manifest.id if manifest else None, manifest_index=item.index,
-                                   model_id=item.model_id, version_id=item.version_id, parent=parent,
-                                   created_at=now, source=item.source, **fields)
-                    # the first of its content: later twins attach to it (one ended at intake has nothing to share)
-                    if parent is None and not ended:
-                        if item.sha256:
-                            by_sha.setdefault(item.sha256, next_id)
-                        elif item.version_id:
-                            by_version.setdefault(item.version_id, next_id)
-                        if key:
-                            by_url.setdefault(key, (next_id, item.sha256))
-                    rows.append((row, item.url))
-                # executemany: peewee's insert_many spends ~0.3 ms of Python per row building SQL.
-                fields = list(Download._meta.sorted_fields)
-                sql = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
-                    Download._meta.table_name, ", ".join(f'"{f.column_name}"' for f in fields),
-                    ", ".join([param()] * len(fields)))
-                defaults = {f.name: f.default() if callable(f.default) else f.default for f in fields}
-                db.cursor().executemany(sql, [tuple(f.db_value(r.__data__.get(f.name, defaults[f.name]))
-                                                    for f in fields) for r, _ in rows])
+                rows = self._insert_items(items, manifest.id if manifest else None)
+        return self._announce(rows)
+
+    def enqueue_manifest(self, name, items):
+        """A manifest record and its items in one transaction (intake wrote them in three); (record, ids)."""
+        with db.connection_context():
+            with db.atomic("IMMEDIATE"):
+                record = ManifestRecord.create(name=name, items=len(items), status=ManifestStatus.PROCESSING.value,
+                                               errors="[]", node=self.node)
+                rows = self._insert_items(items, record.id)
+        self.views.remember_manifest(record)
+        return record, self._announce(rows)
+
+    def _insert_items(self, items, manifest_id):
+        """The rows for `items`, inserted inside the caller's write transaction."""
+        rows = []
+        now = utcnow()
+        if is_postgres():
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_ENQUEUE_LOCK,))
+        ids = iter(self._new_ids(len(items)))
+        # Stored split: the public URL in clear, its secret part sealed; dedupe on the whole URL.
+        urls = {item.url: self._store_url(item.url) for item in items if item.url}
+        by_sha, by_version, by_url = self._twin_index(
+            {i.sha256 for i in items if i.sha256}, {i.version_id for i in items if i.version_id},
+            {urls[i.url]["url_key"] for i in items if i.url})
+        for item in items:
+            stored = urls.get(item.url, {})
+            key = stored.get("url_key")
+            # A known hash decides alone against other versions (a re-upload is different content);
+            # the same URL is the same content unless both name different hashes.
+            same_url, url_hash = by_url.get(key, (None, None))
+            if item.sha256:
+                found = [by_sha.get(item.sha256), same_url if url_hash in (None, item.sha256) else None]
+            else:
+                found = [by_version.get(item.version_id), same_url]
+            parent = min((f for f in found if f is not None), default=None)
+            ended = _ended_fields(item, now)
+            if ended:
+                parent = None
+            fields = {"state": Status.QUEUED.value, **ended}
+            next_id = next(ids)
+            row = Download(id=next_id, **stored, filename=item.filename,
+                           subdir=item.subdir, expected_sha256=item.sha256, priority=item.priority,
+                           manifest=manifest_id, manifest_index=item.index,
+                           model_id=item.model_id, version_id=item.version_id, parent=parent,
+                           created_at=now, source=item.source, **fields)
+            # the first of its content: later twins attach to it (one ended at intake has nothing to share)
+            if parent is None and not ended:
+                if item.sha256:
+                    by_sha.setdefault(item.sha256, next_id)
+                elif item.version_id:
+                    by_version.setdefault(item.version_id, next_id)
+                if key:
+                    by_url.setdefault(key, (next_id, item.sha256))
+            rows.append(row)
+        # executemany: peewee's insert_many spends ~0.3 ms of Python per row building SQL.
+        fields = list(Download._meta.sorted_fields)
+        sql = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
+            Download._meta.table_name, ", ".join(f'"{f.column_name}"' for f in fields),
+            ", ".join([param()] * len(fields)))
+        defaults = {f.name: f.default() if callable(f.default) else f.default for f in fields}
+        db.cursor().executemany(sql, [tuple(f.db_value(r.__data__.get(f.name, defaults[f.name]))
+                                            for f in fields) for r in rows])
+        return rows
+
+    def _announce(self, rows):
+        """The events for rows just committed; their ids."""
         if len(rows) <= 200:
-            for row, data in zip([r for r, _ in rows], self.views.downloads([row for row, _ in rows])):
+            for row, data in zip(rows, self.views.downloads(rows)):
                 self.bus.publish(events.FOR_STATE[Status(row.state)], data)
-        else:  # a huge batch: one summary event instead of thousands
-            self.bus.publish(events.DOWNLOAD_QUEUED, {"id": rows[0][0].id, "count": len(rows),
-                                                 "first_id": rows[0][0].id, "last_id": rows[-1][0].id})
-        return [row.id for row, _ in rows]
+        elif rows:  # a huge batch: one summary event instead of thousands
+            self.bus.publish(events.DOWNLOAD_QUEUED, {"id": rows[0].id, "count": len(rows),
+                                                 "first_id": rows[0].id, "last_id": rows[-1].id})
+        return [row.id for row in rows]
 
     def _new_ids(self, count):
         """`count` download ids no other writer takes: the sequence in PostgreSQL (ids are fleet-wide)."""
@@ -220,8 +270,12 @@ class Queue:
 
     def update(self, download_id, **fields):
         """A single-statement update that changes no state (progress, metadata)."""
+        clause = _set_clause(fields) if fields else None
         with db.connection_context():
-            Download.update(**fields).where(Download.id == download_id).execute()
+            if clause is None:
+                Download.update(**fields).where(Download.id == download_id).execute()
+            else:  # hand-written: every download runs it once or more (see _update_returning)
+                db.execute_sql(_sql(f'UPDATE "downloads" SET {clause[0]} WHERE "id" = ?'), (*clause[1], download_id))
 
     def bump(self, download_id, retries=0, hash_mismatches=0):
         with db.connection_context():
@@ -242,11 +296,8 @@ class Queue:
             fields["error"] = redact_text(fields["error"])
         if expect is not None:
             sources &= set(expect)
-        change = (Download.update(state=state.value, **fields)
-                  .where((Download.id == download_id) & Download.state.in_([s.value for s in sources]))
-                  .returning(Download))
         with db.connection_context():
-            rows = list(change.execute())
+            rows = _update_returning(download_id, sorted(s.value for s in sources), {"state": state.value, **fields})
             if not rows:  # not found, not in an expected state, or an illegal move: say which
                 row = Download.get_or_none(Download.id == download_id)
                 if row is None:

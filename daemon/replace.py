@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 from . import events
-from .models import Download, LibraryEntry, ModelUpdate, db
+from .models import Download, LibraryEntry, ModelUpdate, db, param
 from .states import Status, UpdateState
 
 log = logging.getLogger("daemon.updates")
@@ -87,7 +87,9 @@ class Replacer:
             return
         try:
             with db.connection_context():
-                row = ModelUpdate.get_or_none(ModelUpdate.download == event.data.get("id"))
+                # Hand-written: every download's end asks this (peewee's query building showed in the ingest bench).
+                row = next(iter(ModelUpdate.raw(f'SELECT * FROM "updates" WHERE "download_id" = {param()} LIMIT 1',
+                                                event.data.get("id"))), None)
             if row is not None:
                 self.settle(row, event.name == events.DOWNLOAD_COMPLETED)
         except Exception:  # a subscriber must never raise into a worker

@@ -18,6 +18,7 @@ from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent, F
 from watchdog.observers import Observer
 
 from .errors import ManifestError
+from .inotify import open_hints
 from .manifest import parse_manifest
 from .pngmeta import INCOMPLETE as INCOMPLETE_PNG
 from .spool import is_manifest_name
@@ -55,9 +56,12 @@ class Watcher:
         self._pending = {}  # path → [size, mtime, stable_since]
 
     def start(self):
-        self.observer = Observer()
-        self.observer.schedule(_Hints(self.hints), str(self.inbox), recursive=False)
-        self.observer.daemon = True
+        # Raw inotify where it is to be had (watchdog's move pairing is quadratic in a burst of renames).
+        self.observer = open_hints(self.inbox, self.hints)
+        if self.observer is None:
+            self.observer = Observer()
+            self.observer.schedule(_Hints(self.hints), str(self.inbox), recursive=False)
+            self.observer.daemon = True
         self.observer.start()
         self.thread = threading.Thread(target=self._run, name="intake", daemon=True)
         self.thread.start()
@@ -85,6 +89,8 @@ class Watcher:
                 hint = False
             if hint is None:
                 break
+            if hint == "":  # the kernel's event queue overflowed: look at the folder now
+                next_scan = 0
             try:
                 if hint:
                     self._consider(Path(hint))
