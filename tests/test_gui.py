@@ -17,12 +17,24 @@ class Page:
         self.failed = []
         self.external = []
         self.console_errors = []
+        self.navigations = 0
+        self._started = {}  # request → navigations before it started
         self.page.on("request", self._request)
-        self.page.on("requestfailed", lambda r: self.failed.append((r.url, r.failure)))
+        self.page.on("requestfailed", self._failed)
         self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
         self.page.on("pageerror", lambda e: self.console_errors.append(str(e)))
 
+    def _failed(self, request):
+        # A reload or navigation by the test aborts the page's requests still in flight: not the GUI's fault.
+        if request.failure == "net::ERR_ABORTED" and self.navigations > self._started.get(request, self.navigations):
+            return
+        self.failed.append((request.url, request.failure))
+
     def _request(self, request):
+        # A navigation's own request starts before the old page's requests are aborted.
+        if request.is_navigation_request() and request.frame.parent_frame is None:
+            self.navigations += 1
+        self._started[request] = self.navigations
         host = urlsplit(request.url).hostname
         if request.url.startswith(("data:", "blob:")):
             return

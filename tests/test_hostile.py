@@ -175,7 +175,7 @@ def test_hostile_servers(make_daemon, fake, servers):
         "tls-to-plain": (f"https://127.0.0.1:{fake.port}/files/good.bin", good["sha256"], "failed", ["TLS"]),
         "dns": ("http://no-such-host.invalid/model.bin", None, "failed", ["no-such-host.invalid"]),
         "too-long-announced": (servers(announce(data["long"][0], 5000)).url(), data["long"][1], "failed",
-                               ["connection lost"]),
+                               ["connection closed after", "of 205.0 KB"]),
         "too-short-announced": (servers(announce(data["short"][0], -5000)).url(), data["short"][1], "failed",
                                 ["SHA256 mismatch"]),
     }

@@ -272,8 +272,12 @@ class WebApp:
         row = self.queue.get(download_id)
         if row.state != Status.COMPLETED or not row.path:
             return None
-        found = read_preview(row.path, self.settings.download_dir)
-        return found if found is not None and found[1] in PREVIEW_TYPES else None
+        # Updates land beside the version they replace, which may be under a library root.
+        for root in (self.settings.download_dir, *self.settings.library["roots"]):
+            found = read_preview(row.path, root)
+            if found is not None:
+                return found if found[1] in PREVIEW_TYPES else None
+        return None
 
     def api_retry_failed(self):
         ids = _db(self.queue.retry_failed)
