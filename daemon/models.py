@@ -170,7 +170,7 @@ class Download(BaseModel):
     filename = peewee.CharField(null=True)
     subdir = peewee.CharField(null=True)
     path = peewee.TextField(null=True)
-    sha256 = peewee.CharField(null=True)        # the hash of the bytes we have
+    sha256 = peewee.CharField(null=True, index=True)  # the hash of the bytes we have (indexed: enqueue's dedupe)
     expected_sha256 = peewee.CharField(null=True, index=True)
     verified = peewee.BooleanField(default=False)
     bytes = peewee.BigIntegerField(default=0)
