@@ -98,10 +98,12 @@ class Fetcher:
     # -- the retry loop ------------------------------------------------------
     def fetch(self, job):
         """Download `job` to its final path and return a Result, or raise a DaemonError."""
-        found = gate.in_place(job.folder, (job.filename, job.api_filename), job.expected_sha256, job.filename)
+        found = gate.in_place(job.folder, (job.filename, job.api_filename), job.expected_sha256, job.filename,
+                              job.download_id)
         if found is not None:
             return found
-        part = Part(folder=job.folder, filename=job.filename)
+        part = Part(folder=job.folder, filename=job.filename, download_id=job.download_id,
+                    adopt_legacy=bool(job.filename))
 
         def before_sleep(retry_state):
             exc = retry_state.outcome.exception()
@@ -148,7 +150,8 @@ class Fetcher:
             part.asked_end = self._first_end(job, part)
             if part.offset or part.asked_end:
                 headers["Range"] = f"bytes={part.offset}-{'' if part.asked_end is None else part.asked_end - 1}"
-                etag = part.etag or (part.validator or {}).get("etag")
+                kept = part.validator or {}
+                etag = part.etag or kept.get("etag") or kept.get("last_modified")  # stored across a restart
                 if etag:
                     headers["If-Range"] = etag
             host = urlsplit(url).hostname
@@ -293,10 +296,12 @@ class Fetcher:
                              or name_from_signed_url(final_url) or job.api_filename
                              or name_from_url(final_url) or name_from_url(job.url) or f"download-{job.download_id}")
             part.load()
-            if part.offset:  # a part from an earlier run we did not know the name of
-                part.discard()
+            if part.offset or os.path.lexists(part.path):  # from an earlier run that did not know the name:
+                part.discard()                            # this answer starts at byte zero
         target = part.target
-        if target.exists():
+        if os.path.lexists(target):
+            if gate.regular_file(target) is None:
+                raise gate.file_in_the_way(target)
             existing = gate.hash_file(target)
             if job.expected_sha256 and existing == job.expected_sha256:
                 part.discard()
@@ -316,7 +321,9 @@ class Fetcher:
         if total is not None and self._segments_wanted(status, headers, total, part):
             self._segmented(job, part, response, final_url, headers, total)
         else:
-            fd = os.open(part.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = part.open(os.O_WRONLY)
+            if not part.offset:  # a fresh part: its validator is kept beside it for If-Range after a restart
+                gate.remember_validator(part, segmented.validator_of(headers, total))
             try:
                 lock_part(fd, part)
                 self._stream(job, part, response, fd)

@@ -39,16 +39,16 @@ def filename_problem(name):
     return None
 
 
-# The daemon's own names beside a download (`<name>.<id>.part`, `<name>.<id>.part.json`): a final
+# The daemon's own names beside a download (`<name>.<id>.part`, `.part.json`, `.part.ranges`): a final
 # name ending so could pass for another download's part, so it is refused in manifests and renamed
 # when a server chose it ("model.bin.part" → "model.bin_part").
-_RESERVED = re.compile(r"\.part(\.json)?$", re.IGNORECASE)
+_RESERVED = re.compile(r"\.part(\.json|\.ranges(\.tmp)?)?$", re.IGNORECASE)
 
 
 def reserved_problem(name):
     """Why `name` is reserved for the daemon's part files, or None."""
     if isinstance(name, str) and _RESERVED.search(name):
-        return "must not end in .part or .part.json (the daemon's names for unfinished downloads)"
+        return "must not end in .part, .part.json or .part.ranges (the daemon's names for unfinished downloads)"
     return None
 
 

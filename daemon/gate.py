@@ -5,13 +5,15 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import stat
 import struct
 import threading
 from pathlib import Path
 
 from .errors import FileInTheWay, HashMismatch, PermanentError, TransientError
 from .filenames import fit_name
-from .segments import drop_ranges, load_ranges
+from .segments import drop_ranges, load_ranges, ranges_path
 from .throttle import READ_SIZE
 
 log = logging.getLogger("daemon.gate")
@@ -35,9 +37,15 @@ class Result:
 
 @dataclasses.dataclass
 class Part:
-    """State carried between attempts: the part file and the hash of its bytes."""
+    """One download's part file and the hash of its bytes, carried between attempts.
+
+    The part is named after its download (`<name>.<download id>.part`), created with O_EXCL and opened
+    with O_NOFOLLOW, so no other download, planted link or server-chosen name can share it. `inode` is
+    the file the bytes were written to: publication links that file and no other."""
     folder: Path
     filename: str | None
+    download_id: int = 0
+    adopt_legacy: bool = False       # the name was known before any request: an old-style part may be taken over
     hasher: object = None
     offset: int = 0
     etag: str | None = None
@@ -47,10 +55,11 @@ class Part:
     validator: dict | None = None    # ETag / Last-Modified / total those ranges were fetched under
     asked_end: int | None = None     # end (exclusive) of the bounded first request of this attempt
     ranges_ignored: bool = False     # the server answered a ranged request with the whole file
+    inode: tuple | None = None       # (st_dev, st_ino) of the part hashed and written
 
     @property
     def path(self):
-        return part_path(self.folder, self.filename)
+        return part_path(self.folder, self.filename, self.download_id)
 
     @property
     def target(self):
@@ -62,45 +71,211 @@ class Part:
         self.hasher = hashlib.sha256()
         self.offset = 0
         self.have = self.validator = None
-        if not self.path.exists():
+        self.inode = None
+        if self.adopt_legacy:
+            self._adopt_legacy()
+        try:
+            fd = os.open(self.path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
             return
-        saved = load_ranges(self.path)
-        limit = None
-        if saved is not None:
-            self.validator, self.have = saved
-            limit = self.have.prefix()
-        with open(self.path, "rb") as handle:
-            while block := handle.read(READ_SIZE if limit is None else min(READ_SIZE, limit - self.offset)):
+        except OSError:  # a link (ELOOP) or a folder: not a part this download wrote
+            self._not_mine()
+            return
+        try:
+            info = os.fstat(fd)
+            if not _own_file(info):
+                self._not_mine()
+                return
+            self.inode = (info.st_dev, info.st_ino)
+            saved = load_ranges(self.path)
+            limit = None
+            if saved is not None:
+                self.validator, self.have = saved
+                limit = self.have.prefix()
+            else:  # one stream: the ETag / Last-Modified its bytes came with, for If-Range
+                self.validator = read_validator(validator_path(self.folder, self.filename, self.download_id))
+            while block := os.pread(fd, READ_SIZE if limit is None else min(READ_SIZE, limit - self.offset),
+                                    self.offset):
                 self.hasher.update(block)
                 self.offset += len(block)
+        finally:
+            os.close(fd)
         if limit is not None and self.offset < limit:  # the part is shorter than its ranges say
             self.discard()
+
+    def _not_mine(self):
+        """A link, FIFO, folder or hard-linked file at this download's part name: removed, never used."""
+        log.warning("download %s: removed %s (not a plain file of its own)", self.download_id, self.path)
+        try:
+            os.unlink(self.path)
+        except IsADirectoryError:
+            raise FileInTheWay(f"a folder is in the way at {self.path}; move it away, then retry") from None
+        except FileNotFoundError:
+            pass
+        drop_ranges(self.path)
+
+    def _adopt_legacy(self):
+        """Take over a `<name>.part` left by a version before per-download parts (docs/reliability.md):
+        only a plain file with one link, only by a download that had this name before any request."""
+        self.adopt_legacy = False
+        legacy = legacy_part_path(self.folder, self.filename)
+        info = regular_file(legacy)
+        if info is None or info.st_nlink != 1 or os.path.lexists(self.path):
+            return
+        os.rename(legacy, self.path)  # moves the entry itself; the checks on open catch a swap meanwhile
+        if os.path.lexists(ranges_path(legacy)) and regular_file(ranges_path(legacy)):
+            os.rename(ranges_path(legacy), ranges_path(self.path))
+        log.info("download %s: resuming from the old-style part %s", self.download_id, legacy.name)
+
+    def open(self, flags):
+        """Open the part for writing (`flags`: O_WRONLY or O_RDWR): the one hashed by `load`, never
+        through a link, or a new one (O_EXCL). Records the inode that publication must find again."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        flags |= O_NOFOLLOW | O_CLOEXEC
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    fd = os.open(self.path, flags | os.O_NONBLOCK)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    self._not_mine()
+                    continue
+                info = os.fstat(fd)
+                if not _own_file(info):
+                    os.close(fd)
+                    self._not_mine()
+                    continue
+                if self.inode is not None and self.inode != (info.st_dev, info.st_ino):
+                    os.close(fd)
+                    self.hasher = None  # not the file hashed: the next attempt hashes what is there
+                    raise TransientError(f"{self.path.name} was replaced since it was hashed; hashing it again")
+            info = os.fstat(fd)
+            self.inode = (info.st_dev, info.st_ino)
+            return fd
+        raise TransientError(f"could not create {self.path.name}: something keeps appearing at its name")
+
+    def open_own(self):
+        """A read handle on the part that is verified to be the very file written and hashed (same
+        inode, plain, one link, the hashed size); a swapped or changed part is dropped (restart)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            fd = None
+        info = os.fstat(fd) if fd is not None else None
+        if info is None or not _own_file(info) or (info.st_dev, info.st_ino) != self.inode \
+                or info.st_size != self.offset:
+            if fd is not None:
+                os.close(fd)
+            log.warning("download %s: its part %s is not the file it wrote; starting again",
+                        self.download_id, self.path.name)
+            self._not_mine()
+            self.inode = None
+            raise TransientError(f"the part {self.path.name} was replaced or changed while downloading; "
+                                 "starting again", restart=True)
+        return fd
 
     def discard(self):
         """Drop the part: the next attempt starts from byte zero."""
         if self.filename:
-            remove_part(self.folder, self.filename)
+            remove_part(self.folder, self.filename, self.download_id)
         self.hasher = hashlib.sha256()
         self.offset = 0
         self.etag = None
         self.have = self.validator = None
+        self.inode = None
 
     def truncate_to_hashed(self):
         """Cut the part back to the bytes the hash covers (after a failed write): a clean resume point."""
-        with open(self.path, "r+b") as handle:
-            handle.truncate(self.offset)
+        fd = os.open(self.path, os.O_WRONLY | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            if _own_file(os.fstat(fd)):
+                os.ftruncate(fd, self.offset)
+        finally:
+            os.close(fd)
 
 
-def remove_part(folder, filename):
-    """Delete the part of `filename` and the completed-ranges file of a segmented one beside it."""
-    path = part_path(folder, filename)
-    path.unlink(missing_ok=True)
+def _own_file(info):
+    """A plain file with one link: what a download's own part always is."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
+def remove_part(folder, filename, download_id):
+    """Delete a download's part, its stored validator and the completed-ranges file of a segmented one."""
+    path = part_path(folder, filename, download_id)
+    for each in (path, validator_path(folder, filename, download_id)):
+        try:
+            os.unlink(each)  # the entry itself: a link there is removed, never followed
+        except (FileNotFoundError, IsADirectoryError):
+            pass
     drop_ranges(path)
 
 
-def part_path(folder, filename):
-    """Where `filename` is downloaded to before it passes the publication gate."""
+def validator_path(folder, filename, download_id):
+    """The small JSON beside a single-stream part: the ETag / Last-Modified its bytes came with."""
+    return Path(folder) / fit_name(filename, f".{int(download_id)}.part.json")
+
+
+def remember_validator(part, validator):
+    """Keep a fresh part's validator beside it, so a resume after a restart sends If-Range (issue 11)."""
+    path = validator_path(part.folder, part.filename, part.download_id)
+    kept = {k: v for k, v in (validator or {}).items() if k in ("etag", "last_modified") and v}
+    if kept:
+        write_new(path, json.dumps(kept).encode("utf-8"))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def read_validator(path):
+    """The stored validator, or None when there is none or it is not one (never read through a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            data = json.loads(handle.read(4096))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    kept = {k: data.get(k) for k in ("etag", "last_modified")}
+    if not all(v is None or (isinstance(v, str) and v.isprintable() and len(v) < 1024) for v in kept.values()):
+        return None
+    return kept if any(kept.values()) else None
+
+
+def part_path(folder, filename, download_id):
+    """Where download `download_id` writes `filename` before it passes the publication gate."""
+    return Path(folder) / fit_name(filename, f".{int(download_id)}.part")
+
+
+def legacy_part_path(folder, filename):
+    """The part name of versions before per-download parts."""
     return Path(folder) / fit_name(filename, ".part")
+
+
+def regular_file(path):
+    """The lstat of `path` when it is a plain file (not a link, folder or FIFO), else None."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def drop_leftover_parts(target, download_id):
+    """Remove the parts beside a file that is already in place, left over from a crash between linking
+    it into place and removing the part: the download's own part, and an old-style `<name>.part` only
+    when it is this very file (same inode)."""
+    target = Path(target)
+    info = regular_file(target)
+    if info is None:
+        return
+    remove_part(target.parent, target.name, download_id)
+    legacy = legacy_part_path(target.parent, target.name)
+    there = regular_file(legacy)
+    if there is not None and (there.st_dev, there.st_ino) == (info.st_dev, info.st_ino):
+        os.unlink(legacy)
 
 
 def file_in_the_way(target):
@@ -108,18 +283,18 @@ def file_in_the_way(target):
                         "filename, then retry")
 
 
-def in_place(folder, names, expected_sha256, asked_name):
+def in_place(folder, names, expected_sha256, asked_name, download_id):
     """A Result when the expected file already sits at one of `names`; raises FileInTheWay when the name
     asked for explicitly holds something else (no server answer can change that); else None."""
     if not expected_sha256:
         return None
     for name in dict.fromkeys(n for n in names if n):
         target = Path(folder) / name
-        if target.is_file() and hash_file(target) == expected_sha256:
-            # A part beside it is left over from a crash between linking it into place and removing it.
-            remove_part(folder, name)
-            return Result(target, name, expected_sha256, True, target.stat().st_size, existed=True)
-        if name == asked_name and target.exists():
+        info = regular_file(target)
+        if info is not None and hash_file(target) == expected_sha256:
+            drop_leftover_parts(target, download_id)
+            return Result(target, name, expected_sha256, True, info.st_size, existed=True)
+        if name == asked_name and os.path.lexists(target):
             raise file_in_the_way(target)
     return None
 
@@ -169,25 +344,25 @@ def small_body_problem(fd, size, filename):
     return None
 
 
-def safetensors_problem(path, size):
-    """Why the file is not a parseable .safetensors, or None."""
+def safetensors_problem(fd, size):
+    """Why the open file `fd` is not a parseable .safetensors, or None."""
     if size < 8:
         return "too small to be a .safetensors file"
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        if length == 0 or length > 100 * 2**20 or 8 + length > size:
-            return f"header length {length} does not fit a {size}-byte file"
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            return "header is not JSON"
+    (length,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+    if length == 0 or length > 100 * 2**20 or 8 + length > size:
+        return f"header length {length} does not fit a {size}-byte file"
+    try:
+        header = json.loads(os.pread(fd, length, 8))
+    except ValueError:
+        return "header is not JSON"
     if not isinstance(header, dict):
         return "header is not a JSON object"
     return None
 
 
 def publish(part, expected_sha256, api_size):
-    """The gate: size, format, hash; then link into place without overwriting. Returns a Result."""
+    """The gate: size, that the part on disk is the very file written and hashed, format, hash; then
+    link that file into place without overwriting. Returns a Result."""
     size = part.offset
     if part.total is not None and size != part.total:
         raise TransientError(f"size mismatch: got {size} bytes, expected {part.total}", restart=True)
@@ -195,14 +370,21 @@ def publish(part, expected_sha256, api_size):
         raise TransientError(f"size mismatch: got {size} bytes, Civitai lists {api_size}", restart=True)
     if size == 0:
         raise TransientError("the server sent an empty file", restart=True)
-    with open(part.path, "rb") as handle:
-        instead = small_body_problem(handle.fileno(), size, part.filename)
+    fd = part.open_own()
+    try:
+        return _publish_own(part, fd, size, expected_sha256)
+    finally:
+        os.close(fd)
+
+
+def _publish_own(part, fd, size, expected_sha256):
+    instead = small_body_problem(fd, size, part.filename)
     if instead:
         part.discard()
         raise PermanentError(f"the server sent {instead} instead of the file; check the URL (the link may need "
                              "a login, have expired or point to an error page)")
     if part.filename.lower().endswith(".safetensors"):
-        problem = safetensors_problem(part.path, size)
+        problem = safetensors_problem(fd, size)
         if problem and not expected_sha256:
             raise TransientError(f"not a valid .safetensors file ({problem})", restart=True)
     digest = part.hasher.hexdigest()
@@ -211,44 +393,101 @@ def publish(part, expected_sha256, api_size):
     target = part.target
     drop_ranges(part.path)  # complete and verified: no ranges to resume (also after a 416 on a full part)
     existing = part.existing_sha
-    if existing is not None or target.exists():
-        existing = existing or hash_file(target)
-        part.path.unlink(missing_ok=True)
+    if existing is not None or os.path.lexists(target):
+        if existing is None:
+            existing = hash_file(target) if regular_file(target) else None
+        part.discard()
         if existing == digest:
             return Result(target, part.filename, digest, bool(expected_sha256), size, existed=True)
         raise file_in_the_way(target)
-    link_into_place(part.path, target)
+    link_into_place(part, fd, target)
     return Result(target, part.filename, digest, bool(expected_sha256), size)
 
 
-def link_into_place(source, target):
-    """Rename without ever replacing an existing file."""
+def _link_open_file(fd, target):
+    """Hard-link the open file itself (not whatever its name points to now) at `target` (Linux /proc)."""
+    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
     try:
-        os.link(source, target)
+        os.link(str(fd), target, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def link_into_place(part, fd, target):
+    """Put the part open as `fd` at `target` without ever replacing an existing file, then drop the part
+    name; the name created is checked to be that very file."""
+    mine = os.fstat(fd)
+    try:
+        try:
+            _link_open_file(fd, target)
+        except FileExistsError:
+            raise
+        except OSError:  # no /proc: link the name itself (never what a link there points to), checked below
+            os.link(part.path, target, follow_symlinks=False)
     except FileExistsError:
         raise FileInTheWay(f"a file appeared at {target} while downloading; move it away, then retry") from None
     except OSError:
-        if target.exists():  # file systems without hard links: check, then rename
+        if os.path.lexists(target):  # file systems without hard links: check, then rename
             raise FileInTheWay(f"a file already exists at {target}; move it away, then retry") from None
-        os.replace(source, target)
-        return
-    os.unlink(source)
+        os.rename(part.path, target)
+    placed = os.lstat(target)
+    if (placed.st_dev, placed.st_ino) != (mine.st_dev, mine.st_ino):
+        os.unlink(target)  # the name we just created holds another file: take it back
+        part.discard()
+        raise TransientError(f"the part of {target.name} was replaced while publishing; starting again",
+                             restart=True)
+    there = regular_file(part.path)
+    if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+        os.unlink(part.path)
+    validator_path(part.folder, part.filename, part.download_id).unlink(missing_ok=True)
 
 
 def quarantine(part, folder, exc, download_id):
     """Keep a part that failed its hash in `folder` (never under its final name); notes where on `exc`."""
-    if part.filename and part.path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / fit_name(part.filename, f".{exc.actual[:12]}")
-        os.replace(part.path, target)
-        exc.quarantined = target
-        log.warning("download %s: kept the mismatching file in %s (expected %s, got %s)",
-                    download_id, target, exc.expected, exc.actual)
+    if not part.filename or regular_file(part.path) is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):  # a link planted as the quarantine: keep the part instead
+        log.warning("download %s: %s is not a folder; the mismatching file stays at %s", download_id, folder,
+                    part.path)
+        return
+    target = folder / fit_name(part.filename, f".{exc.actual[:12]}")
+    os.replace(part.path, target)  # moves the entry; replaces a link at `target` itself, never its target
+    drop_ranges(part.path)
+    validator_path(part.folder, part.filename, part.download_id).unlink(missing_ok=True)
+    exc.quarantined = target
+    log.warning("download %s: kept the mismatching file in %s (expected %s, got %s)",
+                download_id, target, exc.expected, exc.actual)
+
+
+def copy_new(source, target):
+    """A copy of `source` at `target` for file systems without hard links; never replaces a file there."""
+    target = Path(target)
+    tmp = target.with_name(temp_name(target.name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, READ_SIZE)
+        try:
+            os.link(tmp, target, follow_symlinks=False)
+        except FileExistsError:
+            raise file_in_the_way(target) from None
+        except OSError:  # no hard links here either: check, then rename
+            if os.path.lexists(target):
+                raise file_in_the_way(target) from None
+            os.rename(tmp, target)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def hash_file(path):
+    """SHA256 of a file, read without following a link at `path`."""
     hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
         while block := handle.read(READ_SIZE):
             hasher.update(block)
     return hasher.hexdigest()

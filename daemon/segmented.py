@@ -140,7 +140,7 @@ class Transfer:
         part.folder.mkdir(parents=True, exist_ok=True)
         # The ranges file comes first: a part is never extended past its prefix without one.
         save_ranges(part.path, self.validator, self.planner.have.spans)
-        self.fd = os.open(part.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = part.open(os.O_RDWR)  # never through a link; the inode publication checks
         try:
             if self._lock_part:
                 self._lock_part(self.fd)

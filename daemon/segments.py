@@ -241,14 +241,26 @@ def save_ranges(part, validator, spans):
     """Write the completed ranges atomically (a crash leaves the old or the new list, never half)."""
     path = ranges_path(part)
     tmp = _tmp_path(part)
-    tmp.write_text(json.dumps({"validator": validator, "done": [list(s) for s in spans]}))
+    for _ in range(3):  # a new file, never through a link planted at the temp name
+        tmp.unlink(missing_ok=True)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OSError(f"cannot create {tmp.name}: something keeps appearing at its name")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps({"validator": validator, "done": [list(s) for s in spans]}))
     os.replace(tmp, path)
 
 
 def load_ranges(part):
     """(validator, RangeSet) from the file beside `part`, or None when there is none or it is unreadable."""
     try:
-        data = json.loads(ranges_path(part).read_text())
+        fd = os.open(ranges_path(part), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            data = json.loads(handle.read(16 << 20))
         spans = RangeSet((int(a), int(b)) for a, b in data["done"])
         return dict(data["validator"]), spans
     except (OSError, ValueError, KeyError, TypeError):

@@ -10,7 +10,6 @@ import collections
 import datetime
 import logging
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from .library import dedupe
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PartBusy, PermanentError, TransientError
 from .fetch import Job
 from .filenames import is_civitai_page as _is_civitai_page
-from .gate import part_path, remove_part
+from .gate import copy_new, drop_leftover_parts, remove_part
 from .models import utcnow
 from .outcome import Outcome, until as _until
 from .states import ENDED, Status
@@ -347,13 +346,17 @@ class WorkerPool:
         if target == source or (target.exists() and os.path.samefile(target, source)):
             return source if target == source else target
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
+        if os.path.lexists(target):
             return Outcome.failed(f"a different file already exists at {target}; move it away, then retry")
         try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, part_path(target.parent, target.name))
-            os.replace(part_path(target.parent, target.name), target)
+            os.link(source, target, follow_symlinks=False)
+        except FileExistsError:
+            return Outcome.failed(f"a file appeared at {target}; move it away, then retry")
+        except OSError:  # another file system: a copy, through a new temp file, never replacing a file
+            try:
+                copy_new(source, target)
+            except DaemonError as exc:
+                return Outcome.failed(str(exc))
         return target
 
     def _settle_from_library(self, row, entry):
@@ -362,6 +365,7 @@ class WorkerPool:
         target = self._place(row, source, entry.model_type)
         if isinstance(target, Outcome):
             return target
+        drop_leftover_parts(target, row.id)  # a crash between linking it into place and removing the part
         how = "already present" if target == source else f"linked at {target}"
         return Outcome.completed(f"the library has it ({entry.path}): {how}", path=str(target),
                                  filename=target.name, sha256=entry.sha256, verified=bool(row.expected_sha256),
@@ -380,7 +384,7 @@ class WorkerPool:
         row = self.queue.get(download_id)
         if row.state == Status.CANCELLED.value:
             if row.path:
-                remove_part(Path(row.path).parent, Path(row.path).name)
+                remove_part(Path(row.path).parent, Path(row.path).name, row.id)
             self._record(row, Outcome(None, "cancelled; part removed"))
         return True
 
@@ -428,5 +432,5 @@ class WorkerPool:
 def _remove_part(row, job):
     """Delete a cancelled download's part (its name is known once the server answered)."""
     if row.filename and job is not None:
-        remove_part(job.folder, row.filename)
+        remove_part(job.folder, row.filename, row.id)
 

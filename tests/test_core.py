@@ -59,7 +59,7 @@ def test_three_50mb_files_land_verified(make_daemon, fake):
         assert item["error"] is None
         assert item["bytes"] == 50 * MB == path.stat().st_size
         assert item["sha256"] == info["sha256"] == sha(path)
-        assert not path.with_name(path.name + ".part").exists()
+        assert not list(path.parent.glob(f"{path.name}*.part"))  # no part of any download left
         assert daemon.download(item["id"])["state"] == "completed"
     # Each file went through a 307 to the storage host, which never saw the Authorization header.
     entry = [r for r in fake.requests_to("api", "/api/download/models/") if r.method == "GET"]
@@ -201,7 +201,7 @@ def test_different_content_at_name_fails_and_keeps_existing(make_daemon, fake):
     assert item["status"] == "failed"
     assert "already exists" in item["error"] and str(target.resolve()) in item["error"]
     assert target.read_bytes() == b"precious user data"
-    assert not target.with_name("model.bin.part").exists()
+    assert not list(target.parent.glob("model.bin*.part"))
 
 
 def test_different_content_without_expected_hash_fails_too(make_daemon, fake):
@@ -216,7 +216,7 @@ def test_different_content_without_expected_hash_fails_too(make_daemon, fake):
     assert folder == "failed"
     assert "already exists" in result["items"][0]["error"]
     assert target.read_bytes() == b"precious user data"
-    assert not target.with_name("model.bin.part").exists()
+    assert not list(target.parent.glob("model.bin*.part"))
 
 
 def test_same_manifest_twice_downloads_once(make_daemon, fake):
@@ -330,7 +330,7 @@ def _start_slow(daemon, fake, name="act.bin", size=4 * MB, rate=1 * MB):
     blob = fake.add_blob(name, size=size)
     fake.faults.rate = rate
     download_id = daemon.post("/api/download", {"url": blob["url"], "sha256": blob["sha256"]}).json()["id"]
-    part = daemon.home / "downloads" / f"{name}.part"
+    part = daemon.home / "downloads" / f"{name}.{download_id}.part"  # each download owns its part
     wait_for(lambda: part.exists() and part.stat().st_size > 200_000, 30, message="part growing")
     return blob, download_id, part
 
@@ -362,7 +362,7 @@ def test_cancel_deletes_part_and_manifest_fails(make_daemon, fake):
     fake.faults.rate = 1 * MB
     daemon.drop("cancel.json", {"url": blob["url"]})
     download_id = wait_for(lambda: daemon.get("/api/downloads").json()["items"], 20)[0]["id"]
-    part = daemon.home / "downloads" / "cancel.bin.part"
+    part = daemon.home / "downloads" / f"cancel.bin.{download_id}.part"
     wait_for(lambda: part.exists() and part.stat().st_size > 100_000, 30, message="part growing")
     assert daemon.post(f"/api/downloads/{download_id}/cancel").status_code == 200
     daemon.wait_state(download_id, "cancelled")
@@ -385,7 +385,7 @@ def test_cancel_paused_download_deletes_part(make_daemon, fake):
     fake.faults.rate = 1 * MB
     daemon.drop("pc.json", {"url": blob["url"]})
     download_id = wait_for(lambda: daemon.get("/api/downloads").json()["items"], 20)[0]["id"]
-    part = daemon.home / "downloads" / "pc.bin.part"
+    part = daemon.home / "downloads" / f"pc.bin.{download_id}.part"
     wait_for(lambda: part.exists() and part.stat().st_size > 100_000, 30, message="part growing")
     assert daemon.post(f"/api/downloads/{download_id}/pause").status_code == 200
     daemon.wait_state(download_id, "paused")

@@ -104,7 +104,7 @@ def test_always_corrupt_is_quarantined(make_daemon, fake):
     assert len(gets(fake)) == 3
     downloads = daemon.home / "downloads"
     assert not (downloads / "rotten.bin").exists()
-    assert not (downloads / "rotten.bin.part").exists()
+    assert not list(downloads.glob("rotten.bin*.part"))
     quarantined = list((downloads / ".quarantine").iterdir())
     assert len(quarantined) == 1
     actual = sha(quarantined[0])
@@ -165,7 +165,7 @@ def test_kill_9_then_restart_resumes(make_daemon, fake):
     fake.faults.rate = 20 * MB
     daemon = make_daemon()
     daemon.drop("crash.json", {"url": blob["url"], "sha256": blob["sha256"]})
-    part = daemon.home / "downloads" / "crash.bin.part"
+    part = daemon.home / "downloads" / f"crash.bin.{only_id(daemon)}.part"
     wait_for(lambda: part.exists() and part.stat().st_size >= size // 2, 60, message="half the file")
     daemon.kill()
     kept = part.stat().st_size
@@ -192,7 +192,7 @@ def test_sigterm_keeps_part_and_restart_resumes(make_daemon, fake):
     port = daemon.port
     daemon.drop("term.json", {"url": blob["url"], "sha256": blob["sha256"]})
     download_id = only_id(daemon)
-    part = daemon.home / "downloads" / "term.bin.part"
+    part = daemon.home / "downloads" / f"term.bin.{download_id}.part"
     wait_for(lambda: part.exists() and part.stat().st_size >= 3 * MB, 30, message="part growing")
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM, timeout=12) == 0
@@ -223,7 +223,7 @@ def test_sigterm_during_a_stalled_read_still_records_queued(make_daemon, fake):
     fake.faults.stall_seconds = 60
     daemon = make_daemon(timeout=30)
     download_id = daemon.post("/api/download", {"url": blob["url"], "sha256": blob["sha256"]}).json()["id"]
-    part = daemon.home / "downloads" / "hang.bin.part"
+    part = daemon.home / "downloads" / f"hang.bin.{download_id}.part"
     wait_for(lambda: part.exists() and part.stat().st_size >= 500_000, 20, message="stalled at 500 kB")
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM, timeout=12) == 0
@@ -242,7 +242,7 @@ def test_sigterm_during_a_stalled_read_still_records_queued(make_daemon, fake):
 def test_complete_part_answered_416_is_published(make_daemon, fake):
     blob = fake.add_blob("whole.bin", size=300_000)
     daemon = make_daemon(start=False)
-    part = daemon.home / "downloads" / "whole.bin.part"
+    part = daemon.home / "downloads" / "whole.bin.part"  # an old-style part: adopted by the download of that name
     part.parent.mkdir(parents=True)
     part.write_bytes(Path(blob["path"]).read_bytes())
     daemon.start()
@@ -252,7 +252,7 @@ def test_complete_part_answered_416_is_published(make_daemon, fake):
     [request] = gets(fake)
     assert request.status == 416 and range_start(request) == 300_000
     assert sha(daemon.home / "downloads" / "whole.bin") == blob["sha256"]
-    assert not part.exists()
+    assert not part.exists() and not list(part.parent.glob("whole.bin*.part"))
 
 
 def test_crash_after_linking_leaves_no_part_behind(make_daemon, fake):
@@ -300,7 +300,7 @@ def test_pause_during_a_stalled_read_takes_effect_at_once(make_daemon, fake):
     small = fake.add_blob("next.bin", size=10_000)
     daemon = make_daemon(timeout=30, workers=1)
     download_id = daemon.post("/api/download", {"url": blob["url"], "sha256": blob["sha256"]}).json()["id"]
-    part = daemon.home / "downloads" / "frozen.bin.part"
+    part = daemon.home / "downloads" / f"frozen.bin.{download_id}.part"
     wait_for(lambda: part.exists() and part.stat().st_size >= 600_000, 20, message="stalled")
     next_id = daemon.post("/api/download", {"url": small["url"]}).json()["id"]
     assert daemon.post(f"/api/downloads/{download_id}/pause").status_code == 200

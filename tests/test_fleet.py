@@ -76,7 +76,7 @@ def test_killed_daemon_item_is_finished_by_another_from_its_part(make_daemon, fa
     second.stop()  # only `first` may claim it
     [download_id] = first.post("/api/batch", {"items": [{"url": blob["url"], "sha256": blob["sha256"],
                                                          "filename": "big.bin"}]}).json()["ids"]
-    part = tmp_path / "shared-models" / "big.bin.part"
+    part = tmp_path / "shared-models" / f"big.bin.{download_id}.part"  # the download's own part
     wait_for(lambda: part.exists() and part.stat().st_size > 600_000, 60, message="a third of the part")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()

@@ -106,7 +106,54 @@ def parts_in(folder):
     return sorted(p.name for p in Path(folder).glob("*.part"))
 
 
-# -- 2: a server-chosen name never passes for a part --------------------------------------
+# -- 1 and 2: each download owns its part -------------------------------------------------
+
+def test_two_downloads_of_one_name_never_share_a_part(make_daemon, fake):
+    """Two URLs, one target name, two workers at once: each file published is the file hashed."""
+    first = fake.add_blob("a.bin", size=3 * MB, seed=1)
+    second = fake.add_blob("b.bin", size=3 * MB, seed=2)
+    fake.faults.rate = 1 * MB  # both are in flight together
+    daemon = make_daemon(workers=2)
+    daemon.drop("same.json", {"items": [
+        {"url": first["url"], "sha256": first["sha256"], "filename": "model.bin"},
+        {"url": second["url"], "sha256": second["sha256"], "filename": "model.bin"}]})
+    wait_for(lambda: len(parts_in(daemon.home / "downloads")) == 2, 30, message="two parts side by side")
+    _, result = daemon.result("same.json", timeout=60)
+    target = daemon.home / "downloads" / "model.bin"
+    completed = [i for i in result["items"] if i["status"] == "completed"]
+    failed = [i for i in result["items"] if i["status"] == "failed"]
+    assert len(completed) == 1 and len(failed) == 1, result
+    assert completed[0]["sha256"] == sha(target) and completed[0]["verified"]
+    # The conflict is named whether the other file was there at the check or appeared just before the link.
+    assert "already exists" in failed[0]["error"] or "a file appeared" in failed[0]["error"], failed
+    assert target.stat().st_size == 3 * MB
+
+
+def test_kill_9_between_part_and_publish_then_another_download_of_that_name(make_daemon, fake):
+    """A part left by a crash belongs to its download: another download of the same name never resumes it."""
+    first = fake.add_blob("first.bin", size=4 * MB, seed=3)
+    second = fake.add_blob("second.bin", size=4 * MB, seed=4)
+    fake.faults.rate = 1 * MB
+    daemon = make_daemon(workers=1)
+    daemon.drop("first.json", {"url": first["url"], "filename": "model.bin"})  # no hash: a splice would pass
+    downloads = daemon.home / "downloads"
+    wait_for(lambda: any(p.stat().st_size > 200_000 for p in downloads.glob("*.part")), 30, message="a part")
+    daemon.kill()
+    fake.faults.rate = None
+    # After the restart the first download's resume waits 3 s (429), so the second one runs meanwhile.
+    fake.faults.status_429, fake.faults.retry_after = 1, 3
+    daemon.config["workers"] = 2
+    daemon.write_config()
+    fake.clear_requests()
+    daemon.start()
+    wait_for(lambda: fake.requests_to("files"), 20, message="the first download's resume")
+    daemon.drop("second.json", {"items": [{"url": second["url"], "filename": "model.bin"}]})
+    _, result = daemon.result("second.json", timeout=60)
+    assert result["items"][0]["status"] == "completed", result
+    assert sha(downloads / "model.bin") == second["sha256"] == result["items"][0]["sha256"]
+    _, earlier = daemon.result("first.json", timeout=60)
+    assert earlier["items"][0]["status"] == "failed" and "already exists" in earlier["items"][0]["error"]
+
 
 def test_a_server_chosen_part_name_is_renamed_and_never_resumed(tmp_path, fake):
     """A server naming its file `model.bin.part` must not feed (or lose to) the download of `model.bin`."""
@@ -126,7 +173,102 @@ def test_a_server_chosen_part_name_is_renamed_and_never_resumed(tmp_path, fake):
         parse_manifest(json.dumps({"url": real["url"], "filename": "x.7.PART.json"}))
 
 
-# -- 3: links are never followed (result files, sidecars, previews) -----------------------
+# One stream, and segments over 4 connections (segment_min 1 MiB: a 3 MB file is split).
+STREAMS = pytest.mark.parametrize("streams", [dict(connections=1), dict(connections=4, segment_min=1 << 20)],
+                                  ids=["single", "segmented"])
+
+
+@STREAMS
+def test_publication_links_the_file_it_hashed(tmp_path, fake, streams):
+    """Someone writing into the part behind the fetcher's back: the gate refuses the file (size/inode)."""
+    blob = fake.add_blob("w.bin", size=3 * MB, seed=7)
+    fake.faults.rate = 1 * MB
+    folder = tmp_path / "out"
+    get = fetcher(tmp_path, fake.base_url, retries=1, timeout=5, **streams)
+    outcome = {}
+    work = threading.Thread(target=lambda: outcome.update(r=get.fetch(job(1, blob["url"], folder, "w.bin"))))
+    work.start()
+    part = gate.part_path(folder, "w.bin", 1)
+    wait_for(lambda: part.exists() and part.stat().st_size > 100_000, 20, message="part growing")
+    with open(part, "ab") as intruder:
+        intruder.write(b"spliced in by someone else")
+    fake.faults.rate = None
+    work.join(60)
+    assert sha(folder / "w.bin") == blob["sha256"] == outcome["r"].sha256
+    assert not parts_in(folder)
+    ranged = {r.headers.get("Range") for r in fake.requests_to("files") if r.method == "GET"}
+    bounded = [r for r in ranged if r and not r.endswith("-")]  # a segment's request names its end
+    assert bool(bounded) == (streams["connections"] > 1), ranged  # segments really ran (or did not)
+
+
+# -- 3: links are never followed ---------------------------------------------------------
+
+def test_a_planted_part_link_is_never_followed(tmp_path, fake):
+    blob = fake.add_blob("model.bin", size=200_000, seed=8)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"outside download_dir")
+    for name in ("model.bin.part", "model.bin.1.part"):  # the old name and this download's own
+        os.symlink(victim, folder / name)
+    result = fetcher(tmp_path, fake.base_url).fetch(job(1, blob["url"], folder, "model.bin"))
+    assert sha(result.path) == blob["sha256"] and not result.path.is_symlink()
+    assert victim.read_bytes() == b"outside download_dir"
+
+
+@STREAMS
+def test_a_part_swapped_for_a_link_mid_download_is_not_published(tmp_path, fake, streams):
+    blob = fake.add_blob("swap.bin", size=3 * MB, seed=9)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"o" * (3 * MB))
+    fake.faults.rate = 1 * MB
+    folder = tmp_path / "out"
+    get = fetcher(tmp_path, fake.base_url, retries=2, timeout=5, **streams)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = get.fetch(job(1, blob["url"], folder, "swap.bin", blob["sha256"]))
+        except DaemonError as exc:
+            outcome["error"] = exc
+
+    work = threading.Thread(target=run)
+    work.start()
+    wait_for(lambda: any(p.stat().st_size > 100_000 for p in folder.glob("*.part")), 20, message="part")
+    [part] = folder.glob("*.part")
+    os.symlink(outside, folder / "link.tmp")
+    os.replace(folder / "link.tmp", part)
+    fake.faults.rate = None
+    work.join(60)
+    target = folder / "swap.bin"
+    assert outside.read_bytes() == b"o" * (3 * MB)
+    if "result" in outcome:
+        assert not target.is_symlink() and sha(target) == blob["sha256"]
+        assert os.stat(target).st_ino != os.stat(outside).st_ino
+    else:
+        assert not os.path.lexists(target), outcome
+
+
+def test_kill_9_then_a_part_swapped_for_a_link(make_daemon, fake, tmp_path):
+    blob = fake.add_blob("k.bin", size=4 * MB, seed=10)
+    fake.faults.rate = 1 * MB
+    daemon = make_daemon(workers=1)
+    daemon.drop("k.json", {"url": blob["url"], "filename": "k.bin"})
+    downloads = daemon.home / "downloads"
+    wait_for(lambda: any(p.stat().st_size > 200_000 for p in downloads.glob("*.part")), 30, message="a part")
+    daemon.kill()
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"v" * 1000)
+    for part in downloads.glob("*.part"):
+        part.unlink()
+        os.symlink(victim, part)
+    fake.faults.rate = None
+    daemon.start()
+    folder, result = daemon.result("k.json", timeout=60)
+    assert folder == "done", result
+    assert sha(downloads / "k.bin") == blob["sha256"]
+    assert victim.read_bytes() == b"v" * 1000
+
 
 def test_result_and_sidecar_temp_files_never_write_through_links(make_daemon, fake, tmp_path):
     fake.add_model(300, "Linked", "Checkpoint")
@@ -281,6 +423,27 @@ def test_a_trickling_preview_gives_up_at_the_stall_rule(tmp_path, scripted):
     wait_for(lambda: "/p.png" in scripted.sent, 10)
     assert scripted.sent["/p.png"] < 4000  # hung up within a stall window, not after 40 s
     assert not list(tmp_path.glob("*preview*"))
+
+
+# -- 11: If-Range after a restart ------------------------------------------------------------
+
+def test_resume_after_restart_sends_if_range_and_catches_an_upstream_change(make_daemon, fake):
+    fake.add_blob("up.bin", size=4 * MB, seed=11)
+    fake.faults.rate = 1 * MB
+    daemon = make_daemon(workers=1)
+    daemon.drop("up.json", {"url": f"{fake.base_url}/files/up.bin", "filename": "up.bin"})  # no hash to catch it
+    downloads = daemon.home / "downloads"
+    wait_for(lambda: any(p.stat().st_size > 200_000 for p in downloads.glob("*.part")), 30, message="a part")
+    daemon.kill()
+    changed = fake.add_blob("up.bin", size=4 * MB, seed=12)  # new bytes, new ETag upstream
+    fake.faults.rate = None
+    fake.clear_requests()
+    daemon.start()
+    folder, result = daemon.result("up.json", timeout=60)
+    assert folder == "done", result
+    assert sha(downloads / "up.bin") == changed["sha256"]
+    first = [r for r in fake.requests_to("files") if r.method == "GET"][0]
+    assert first.headers.get("Range") and first.headers.get("If-Range")
 
 
 # -- 19: error pages are not model files ---------------------------------------------------

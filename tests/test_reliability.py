@@ -253,7 +253,7 @@ def test_disk_full_injected(tmp_path, fake, monkeypatch):
         fetcher.fetch(job)
     assert "disk full" in str(caught.value) and SIZE_TEXT.search(str(caught.value))
     assert not (tmp_path / "out" / "inj.bin").exists()
-    part = tmp_path / "out" / "inj.bin.part"
+    part = tmp_path / "out" / "inj.bin.1.part"  # download 1 owns it
     assert part.stat().st_size <= 1 * MB  # truncated to what was hashed: a clean resume point
     monkeypatch.undo()
     result = fetcher.fetch(fetch_mod.Job(download_id=1, url=blob["url"], folder=tmp_path / "out",

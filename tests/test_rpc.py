@@ -104,7 +104,7 @@ def test_pause_unpause_remove(daemon, fake):
     assert [d.gid for d in api.get_downloads() if d.is_active] == [download.gid]
     assert api.pause([download]) == [True]
     wait_for(lambda: (download.update(), download.is_paused)[1], 20, message="paused")
-    part = daemon.home / "downloads" / "loras" / "slow.bin.part"
+    part = daemon.home / "downloads" / "loras" / f"slow.bin.{int(download.gid, 16)}.part"  # its own part
     wait_for(part.exists, 10, message="the part kept")
     assert api.resume([download]) == [True]
     wait_for(lambda: (download.update(), download.is_active or download.is_waiting)[1], 20, message="resumed")
