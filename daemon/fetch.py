@@ -27,6 +27,7 @@ from .gate import Part, Result  # noqa: F401 - Result is part of this module's i
 from .http import STALL_BYTES
 from .segments import RangeSet, first_request_end
 from .throttle import Throttle  # noqa: F401 - re-exported for callers that build a Fetcher
+from .units import size_text
 
 log = logging.getLogger("daemon.fetch")
 
@@ -375,11 +376,11 @@ class Fetcher:
         free = usage.free
         if needed > IMPLAUSIBLE_SIZE and needed > usage.total:
             # Not a full disk: no model file is that large, so freeing space would not help.
-            raise PermanentError(f"the server announced {_size(needed)} for this file, an impossible size for a "
-                                 f"model (more than the whole disk at {job.folder}, {_size(usage.total)}); "
+            raise PermanentError(f"the server announced {size_text(needed)} for this file, an impossible size for a "
+                                 f"model (more than the whole disk at {job.folder}, {size_text(usage.total)}); "
                                  "the link or the server is wrong")
         if needed > free - (16 << 20):
-            raise DiskFull(f"disk full: {_size(needed)} needed in {job.folder} but only {_size(free)} free; "
+            raise DiskFull(f"disk full: {size_text(needed)} needed in {job.folder} but only {size_text(free)} free; "
                            "free some space, then retry")
 
     def _stream(self, job, part, response, fd):
@@ -409,7 +410,7 @@ class Fetcher:
                         raise Cancelled("stopped") from None
                     if isinstance(exc, (requests.exceptions.ReadTimeout, TimeoutError)) or "timed out" in str(exc):
                         raise TransientError(f"no data for {timeout:g} s") from None
-                    raise TransientError(f"connection lost after {_size(received)}: {_short(exc)}") from None
+                    raise TransientError(f"connection lost after {size_text(received)}: {_short(exc)}") from None
                 if got:
                     if received == 0 and filled == 0 and gate.sniff_problem(bytes(view[:min(got, 1024)]),
                                                                             part.filename):
@@ -443,7 +444,7 @@ class Fetcher:
             if exc.errno != errno.ENOSPC:
                 raise
             raise DiskFull(f"disk full while writing {part.path.name}: "
-                           f"{_size(max((part.total or 0) - pipe.written, 1))} more needed in {job.folder}; "
+                           f"{size_text(max((part.total or 0) - pipe.written, 1))} more needed in {job.folder}; "
                            "free some space, then retry") from None
         finally:
             if index is not None:  # what arrived before a stop or a lost connection is good: keep it
@@ -453,7 +454,7 @@ class Fetcher:
             if pipe.error is not None:  # a failed write may have left bytes past the hashed ones
                 os.ftruncate(fd, part.offset)
         if part.total is not None and part.offset < part.total:
-            raise TransientError(f"connection closed after {_size(part.offset)} of {_size(part.total)}")
+            raise TransientError(f"connection closed after {size_text(part.offset)} of {size_text(part.total)}")
 
 
 def _short(exc):
@@ -461,13 +462,6 @@ def _short(exc):
     if "Max retries exceeded" in text or "Failed to establish" in text:
         text = text.split("Caused by")[-1] if "Caused by" in text else text
     return text[:200]
-
-
-def _size(n):
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1000
 
 
 def lock_part(fd, part, check_size=True):

@@ -17,6 +17,7 @@ import requests
 from . import events as ev, http
 from .errors import Cancelled, DaemonError, PermanentError, TransientError
 from .states import Status
+from .units import size_text
 
 log = logging.getLogger("daemon.notify")
 
@@ -29,15 +30,6 @@ NOTIFIABLE = frozenset(ev.NOTIFIABLE)  # the live-only events stay on the WebSoc
 def sign(secret, body):
     """The X-Civitai-Daemon-Signature value: sha256=<hex HMAC-SHA256 of the body>."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def _size(n):
-    if not n:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1000
 
 
 def _took(seconds):
@@ -55,7 +47,7 @@ def telegram_text(event):
     title = f"{name} — {data.get('version_name')}" if name and data.get("version_name") else (name or "")
     if event.name == ev.DOWNLOAD_COMPLETED:
         took = data.get("duration")
-        lines = ["✅ Download completed", title, f"File: {data.get('filename')}", f"Size: {_size(data.get('bytes'))}"]
+        lines = ["✅ Download completed", title, f"File: {data.get('filename')}", f"Size: {size_text(data['bytes']) if data.get('bytes') else '?'}"]
         if took is not None:
             lines.append(f"Time: {_took(took)}")
         if not data.get("verified"):

@@ -3,7 +3,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "daemon"
-PURE = {"errors", "states", "manifest", "events", "redact", "filenames"}
+PURE = {"errors", "states", "manifest", "events", "redact", "filenames", "units"}
 # The queue is storage and state: how a download looks to the API or a sink lives in views.py.
 QUEUE_ALLOWED = {"models", "states", "events", "errors", "redact"}
 WEB_FORBIDDEN = {"worker", "watcher", "fetch", "service"}
