@@ -45,6 +45,15 @@ class RpcError(Exception):
         self.message = message
 
 
+def _unauthorized(token):
+    """aria2's "Unauthorized", plus what to do; the secret sent is never echoed."""
+    if token is None:
+        return ('Unauthorized: no secret was sent; pass "token:<api_token>" as the first parameter '
+                "(the client's rpc secret setting)")
+    return ("Unauthorized: the secret sent is not this daemon's api_token (or viewer_token for reads); "
+            'pass "token:<api_token>" as the first parameter')
+
+
 def gid_of(download_id):
     return f"{download_id:016x}"
 
@@ -130,7 +139,7 @@ class Aria2Rpc:
             raise RpcError(f"No such method: {method[:80]}", -32601)
         role = role_for(token)
         if role is None:
-            raise RpcError("Unauthorized")
+            raise RpcError(_unauthorized(token))
         if method in self.writes and role != "admin":
             raise RpcError("Unauthorized: this token is read-only (viewer_token); use the api_token to change things")
         try:

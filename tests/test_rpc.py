@@ -192,7 +192,7 @@ def test_multicall_batch_and_the_websocket(daemon, fake):
         answer = json.loads(ws.recv())
         assert answer["id"] == 7 and answer["result"] == [{"gid": gid, "status": "complete", "dir": "/models/a"}]
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 8, "method": "aria2.getGlobalStat", "params": ["token:bad"]}))
-        assert json.loads(ws.recv())["error"]["message"] == "Unauthorized"
+        assert json.loads(ws.recv())["error"]["message"].startswith("Unauthorized: the secret sent is not")
         three = fake.add_blob("rpc-m3.bin", size=1000)
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 9, "method": "aria2.addUri",
                             "params": [f"token:{SECRET}", [three["url"]], {"dir": "/models/b", "out": "three.bin"}]}))
@@ -243,6 +243,32 @@ def test_comfyui_manager_aria2_path(daemon, fake, monkeypatch):
     assert daemon.get("/api/downloads").json()["total"] == 1
 
 
+def test_a_refused_secret_says_what_to_do_and_a_good_one_needs_no_browser_rules(daemon):
+    """With api_token set the secret in the call guards it: AriaNg on another origin or a reverse proxy's
+    Host works with it; a missing or wrong secret is refused with what to do, never with the secret echoed."""
+    proxied = {"Host": f"models.example.org:{daemon.port}"}
+    cross_origin = {"Origin": "http://ariang.example"}
+    for headers in ({}, proxied, cross_origin):
+        assert rpc(daemon, "aria2.tellActive", headers=headers).json() == {"jsonrpc": "2.0", "id": "t",
+                                                                            "result": []}
+        missing = rpc(daemon, "aria2.tellActive", token=None, headers=headers)
+        assert missing.status_code == 400
+        assert missing.json()["error"]["message"].startswith("Unauthorized: no secret was sent; pass "
+                                                             '"token:<api_token>"')
+        wrong = rpc(daemon, "aria2.tellActive", token="guessed-secret-123", headers=headers)
+        message = wrong.json()["error"]["message"]
+        assert wrong.status_code == 400 and message.startswith("Unauthorized: the secret sent is not")
+        assert "guessed-secret-123" not in wrong.text and "without an api_token" not in message
+    ws = websocket.create_connection(daemon.url.replace("http", "ws") + "/jsonrpc", timeout=10,
+                                     origin="http://ariang.example")
+    try:
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "aria2.tellActive", "params": [f"token:{SECRET}"]}))
+        assert json.loads(ws.recv()) == {"jsonrpc": "2.0", "id": 1, "result": []}
+    finally:
+        ws.close()
+    assert "guessed-secret-123" not in daemon.logs()
+
+
 def test_tokenless_rpc_follows_the_rest_api_browser_rules(make_daemon, fake):
     daemon = make_daemon()
     assert api_for(daemon, None).client.tell_active() == []
@@ -250,7 +276,7 @@ def test_tokenless_rpc_follows_the_rest_api_browser_rules(make_daemon, fake):
     forged = rpc(daemon, "aria2.addUri", [blob["url"]], token=None, headers={"Origin": "http://evil.example"})
     assert forged.status_code == 403 and "cross-site" in forged.json()["error"]["message"]
     rebound = rpc(daemon, "aria2.tellActive", token=None, headers={"Host": f"evil.example:{daemon.port}"})
-    assert rebound.status_code == 403
+    assert rebound.status_code == 403 and "set api_token" in rebound.json()["error"]["message"]
     with pytest.raises(websocket.WebSocketBadStatusException):
         websocket.create_connection(daemon.url.replace("http", "ws") + "/jsonrpc", timeout=10,
                                     origin="http://evil.example")

@@ -294,6 +294,25 @@ def test_cross_site_checks_give_way_to_a_token(make_daemon):
     assert response.status_code == 202, response.text
 
 
+def test_a_refusal_with_api_token_set_says_what_to_do(make_daemon):
+    """With api_token set, the Host/Origin refusal tells a client that sent no token from one that sent a wrong
+    one, never echoes what it sent, and never claims the daemon has no api_token."""
+    daemon = make_daemon(api_token="t" * 32, log_level="INFO")
+    rebound = {"Host": f"models.example.org:{daemon.port}"}
+    cases = {None: "no token was sent: send Authorization: Bearer <api_token>",
+             "wrong-token-456": "the token sent is not the api_token: send Authorization: Bearer <api_token>"}
+    for sent, advice in cases.items():
+        auth = {"Authorization": f"Bearer {sent}"} if sent else {}
+        refused = requests.get(daemon.url + "/api/status", headers={**rebound, **auth}, timeout=5)
+        assert refused.status_code == 403 and advice in refused.json()["error"], refused.text
+        forged = requests.post(daemon.url + "/api/download", json={"url": "http://127.0.0.1:9/x.bin"}, timeout=5,
+                               headers={"Origin": "http://evil.example", **auth})
+        assert forged.status_code == 403 and advice in forged.json()["error"], forged.text
+        for body in (refused.text, forged.text):
+            assert "without an api_token" not in body and "wrong-token-456" not in body
+    assert daemon.get("/api/downloads").json()["total"] == 0
+
+
 def test_a_viewer_token_alone_keeps_the_cross_site_protection(make_daemon):
     """Issue 11 item 5: only the admin token exempts a request from the Origin/Host checks."""
     viewer = "v" * 32

@@ -68,11 +68,22 @@ class WebApp:
         host = urlsplit(f"//{host_header}").hostname or ""
         if self.settings.host in LOOPBACK and host not in LOOPBACK:
             return (f"refused a request addressed to {host_header[:80]!r}: the daemon listens on "
-                    f"{self.settings.host} without an api_token; use http://127.0.0.1 or set api_token")
+                    f"{self.settings.host}; {self._refusal_advice(given, 'use http://127.0.0.1')}")
         origin = request.get_header("Origin")
         if write and origin is not None and urlsplit(origin).netloc.lower() != host_header.lower():
-            return "refused a cross-site request (Origin does not match); set api_token to allow other clients"
+            return ("refused a cross-site request (Origin does not match); "
+                    + self._refusal_advice(given, "call from the daemon's own page"))
         return None
+
+    def _refusal_advice(self, given, local_way):
+        """What a refused client should do, by what it sent (never echoing the token)."""
+        if not self.settings.api_token:
+            return f"{local_way}, or set api_token to allow other clients"
+        if not given:
+            return f"no token was sent: send Authorization: Bearer <api_token>, or {local_way}"
+        if token_role(self.settings, given) == "viewer":
+            return f"a viewer_token is accepted here only if you {local_way}; otherwise send the api_token"
+        return f"the token sent is not the api_token: send Authorization: Bearer <api_token>, or {local_way}"
 
     def _role(self, request, websocket=False):
         """'admin', 'viewer', or None (refused) for the request's token."""

@@ -87,9 +87,16 @@ class JsonRpcEndpoint:
         bottle.response.content_type = "application/json"
         return json.dumps(body)
 
+    def _browser_problem(self, request):
+        # With an api_token the secret inside each call guards it (a page cannot learn it), so AriaNg on
+        # another origin or a reverse proxy's Host is fine; rpc.Aria2Rpc refuses a missing or wrong secret.
+        if self.settings.api_token:
+            return None
+        return self.web._browser_problem(request, True)
+
     def post(self):
         self._cors()
-        problem = self.web._browser_problem(bottle.request, True)
+        problem = self._browser_problem(bottle.request)
         if problem:
             return self._send_json(_error(problem), 403)
         try:
@@ -114,7 +121,7 @@ class JsonRpcEndpoint:
 
     def upgrade_refused(self, request):
         """For the WebSocket handshake (WebApp.pre_start_hook): True = refuse. Calls carry their own token."""
-        return self.web._browser_problem(request, True) is not None
+        return self._browser_problem(request) is not None
 
     # -- WebSocket --------------------------------------------------------------------
     def websocket(self):
