@@ -3,7 +3,8 @@
 Every `lease`/3 seconds each daemon renews the leases of the downloads it is
 working on, records its heartbeat, returns claims whose lease ran out to the
 queue (their daemon died: another one resumes them from the shared part),
-files away its own manifests that other daemons finished, and sets its part of
+takes again the inbox files a dead daemon had claimed but not placed, files
+away its own manifests that other daemons finished, and sets its part of
 `throttle` to its share of the fleet's active downloads. With SQLite only the
 heartbeat is kept (one node).
 """
@@ -62,6 +63,7 @@ class Fleet:
             return
         self.queue.renew(self.active_ids())
         self.queue.reclaim_lapsed()
+        self.spool.recover_claims(self.live_nodes())
         self.spool.finish_own()
         self._share_throttle()
 
@@ -84,6 +86,14 @@ class Fleet:
             self.throttle.rate = share
 
     # -- queries -----------------------------------------------------------------
+    def live_nodes(self):
+        """Fleet mode: the names of the daemons whose last heartbeat is within the lease (None with SQLite)."""
+        if not self.shared:
+            return None
+        since = utcnow() - datetime.timedelta(seconds=self.lease)
+        with db.connection_context():
+            return [name for (name,) in Node.select(Node.name).where(Node.last_heartbeat >= since).tuples()]
+
     def nodes(self):
         """GET /api/nodes: every daemon that ever joined, with its heartbeat and the downloads it holds."""
         with db.connection_context():

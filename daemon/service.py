@@ -188,7 +188,7 @@ class Daemon:
         recovered = self.queue.recover()
         if recovered:
             log.info("recovered %d interrupted download(s); they resume from their parts", recovered)
-        self.spool.resume()
+        self.spool.resume(self.fleet.live_nodes())
         self.fleet.start()
         self.notifier.start()
         self.webui.start()

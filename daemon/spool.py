@@ -4,12 +4,15 @@ This is the only module that moves manifest files. Folder names are states.
 """
 import datetime
 import errno
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +35,24 @@ def is_manifest_name(name):
 
 def _stem(name):
     return name.rsplit(".", 1)[0] if name.endswith((".json", ".png")) else name
+
+
+CLAIM_PREFIX = ".claim-"
+# `.claim-<owner>-<uuid>-<inbox name>`; `.claim-<uuid>` alone was the old form (owner and name unknown).
+_CLAIM = re.compile(r"^\.claim-(?:(?P<owner>[0-9a-f]{8})-)?(?P<uuid>[0-9a-f]{32})(?:-(?P<name>.+))?$", re.S)
+
+
+def node_tag(node):
+    """A node's name as 8 hex digits: a node name may hold characters a file name may not."""
+    return hashlib.sha256((node or "").encode("utf-8")).hexdigest()[:8]
+
+
+def claim_name(node, name):
+    """The private name an inbox file takes while one daemon takes it: its owner, a unique id and its name,
+    so a claim a crash left behind can be recovered under its name (the name is dropped past 255 bytes)."""
+    base = f"{CLAIM_PREFIX}{node_tag(node)}-{uuid.uuid4().hex}"
+    full = f"{base}-{name}"
+    return full if len(os.fsencode(full)) <= 255 else base
 
 
 def _stamp():
@@ -104,29 +125,106 @@ class Spool:
         """Take one inbox file, already parsed by the watcher: reject it whole when there are
         `problems`, else move it to processing/ and enqueue its `items`."""
         path = Path(path)
-        name = path.name
         with self._lock:
-            claimed = self._claim(path)
+            claimed = self._claim(path, path.name)
             if claimed is None:
                 return None  # gone: another daemon sharing this inbox took it
+            record = self._take(claimed, path.name, items, problems)
+        if record is not None and not problems:
+            self.maybe_finish(record.id)  # a workflow whose models are all present (or unresolvable) ends at once
+        return record
+
+    def _take(self, claimed, name, items, problems):
+        """Place a claimed file (under self._lock) in processing/ and enqueue it, or reject it."""
+        try:
             if problems:
                 return self._reject(claimed, problems, name)
             target = _place(claimed, self.processing, name)
-            # One transaction for the record and its items: a crash between them is still handled by resume().
-            record, ids = self.queue.enqueue_manifest(target, items)
+        except FileNotFoundError:  # held past the lease, so another daemon recovered it (recover_claims)
+            log.warning("manifest %s: taken over by another daemon while this one placed it", name)
+            return None
+        # One transaction for the record and its items: a crash between them is still handled by resume().
+        record, ids = self.queue.enqueue_manifest(target, items)
         # DEBUG: at 1,000 manifests a second the INFO line per manifest was a hot path (bench, ingest).
         log.debug("manifest %s: accepted with %d item(s): ids %s", target, len(items), _ids_text(ids))
-        self.maybe_finish(record.id)  # a workflow whose models are all present (or unresolvable) ends at once
         return record
 
-    def _claim(self, path):
-        """Rename an inbox file to a private name: of daemons sharing inbox/, exactly one succeeds."""
-        private = self.processing / f".claim-{uuid.uuid4().hex}"
+    def _claim(self, path, name):
+        """Rename a file to a private claim of this node: of daemons trying at once, exactly one succeeds."""
+        private = self.processing / claim_name(self.queue.node, name)
         try:
             os.rename(path, private)
         except FileNotFoundError:
             return None
         return private
+
+    # -- claims a crash left behind ------------------------------------------------
+    def recover_claims(self, live_nodes=None, startup=False):
+        """Take again the claims (inbox files renamed to `.claim-*`, not yet placed) that no live daemon holds.
+
+        A daemon holds its claim for the moment between two renames, so one still there is a crash's. With
+        SQLite, at start-up, every claim is (one daemon). In a fleet: this node's own at its start, those of
+        a node not in `live_nodes` (its heartbeat is older than the lease), and any older than the lease.
+        Re-claiming is a rename too, so of daemons recovering at once exactly one takes each claim.
+        """
+        if not is_postgres() and not startup:
+            return 0
+        live = {node_tag(n) for n in live_nodes or ()}
+        recovered = 0
+        for entry in list(os.scandir(self.processing)):
+            match = _CLAIM.match(entry.name)
+            if match is not None and self._abandoned(match["owner"], entry, live, startup):
+                recovered += self._recover(Path(entry.path), match)
+        return recovered
+
+    def _abandoned(self, owner, entry, live, startup):
+        if not is_postgres():
+            return True  # SQLite: one daemon, and it is starting
+        mine = node_tag(self.queue.node)
+        if owner == mine and startup:
+            return True  # this node's previous run left it
+        if owner not in (None, mine) and owner not in live:
+            return True  # its node stopped sending heartbeats
+        return time.time() - entry.stat(follow_symlinks=False).st_ctime > self.queue.lease  # rename sets ctime
+
+    def _recover(self, path, match):
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+            name = match["name"] or f"recovered-{match['uuid']}{_sniff_suffix(path) if regular else '.json'}"
+        except FileNotFoundError:
+            return 0  # another daemon recovered it first
+        claimed = self._claim(path, name)
+        if claimed is None:
+            return 0
+        if self._already_placed(claimed):  # the crash fell between placing's link and unlink
+            os.unlink(claimed)
+            log.warning("manifest %s: removed a leftover claim of a manifest already placed", name)
+            return 1
+        items, problems = [], ["manifest: not a regular file; only regular files in inbox/ are read"]
+        if regular:
+            try:
+                items, problems = self.parse(name, self.read(claimed)), None
+            except (ManifestError, OSError) as exc:
+                problems = exc.problems if isinstance(exc, ManifestError) else [f"manifest: {exc.strerror or exc}"]
+        with self._lock:
+            record = self._take(claimed, name, items, problems)
+        log.warning("manifest %s: recovered from a claim a stopped daemon left in processing/", name)
+        if record is not None and not problems:
+            self.maybe_finish(record.id)
+        return 1
+
+    def _already_placed(self, path):
+        """True when processing/ or failed/ holds another name for this very file (same device and inode)."""
+        seen = os.lstat(path)
+        if seen.st_nlink < 2:
+            return False
+        for folder in (self.processing, self.failed):
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.inode() == seen.st_ino and not entry.name.startswith(CLAIM_PREFIX) \
+                            and entry.stat(follow_symlinks=False).st_dev == seen.st_dev:
+                        return True
+        return False
 
     def _reject(self, path, errors, name=None):
         with self._place_lock:
@@ -142,12 +240,14 @@ class Spool:
                                                   "errors": errors, "items": []})
         return record
 
-    def resume(self):
-        """At start: manifests in processing/ that the database does not know yet are enqueued.
+    def resume(self, live_nodes=None):
+        """At start: claims a crash left are recovered, and manifests in processing/ that the database does
+        not know yet are enqueued.
 
         A crash can also fall between the steps of intake (recorded, not yet enqueued) or of
         completion (every item ended, manifest not yet moved); both are finished here.
         """
+        self.recover_claims(live_nodes, startup=True)
         known, mine = {}, []
         for record in self.queue.open_manifests():
             if not self._owns(record):
@@ -241,6 +341,12 @@ def _place(source, folder, name):
             return target
         os.unlink(source)
         return target
+
+
+def _sniff_suffix(path):
+    """`.png` for a PNG image, else `.json`: an old-style claim kept no name."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as handle:
+        return ".png" if handle.read(8) == b"\x89PNG\r\n\x1a\n" else ".json"
 
 
 def _ids_text(ids):

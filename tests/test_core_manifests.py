@@ -1,13 +1,16 @@
 """The inbox watcher and the manifest folders, end to end (SPEC §5)."""
+import collections
 import json
 import os
 import sqlite3
 import subprocess
 import time
+import uuid
 
 import requests
 
 from conftest import wait_for
+from daemon.spool import claim_name
 
 
 def ok_item(fake, name="m.bin", size=20_000):
@@ -127,6 +130,34 @@ def test_startup_takes_inbox_and_resumes_processing(make_daemon, fake):
     assert daemon.result("orphan.json")[0] == "done"
     assert (daemon.home / "downloads" / "w.bin").exists()
     assert (daemon.home / "downloads" / "o.bin").exists()
+
+
+def test_claims_a_crash_left_in_processing_are_taken_once_at_start(make_daemon, fake):
+    """A crash between taking an inbox file (renamed to its claim) and placing it leaves a `.claim-*`:
+    the next start files it under its own name, once, whatever step the crash fell on."""
+    daemon = make_daemon(start=False)
+    processing = daemon.home / "processing"
+    processing.mkdir(parents=True)
+    # taken, not placed: the claim is the only copy
+    (processing / claim_name("crashed-host", "left.json")).write_text(json.dumps(ok_item(fake, "left.bin")))
+    # placed (linked into processing/), the claim not yet unlinked: the same file under two names
+    (processing / "placed.json").write_text(json.dumps(ok_item(fake, "placed.bin")))
+    os.link(processing / "placed.json", processing / claim_name("crashed-host", "placed.json"))
+    # the old claim form, which kept neither owner nor name
+    old = processing / f".claim-{uuid.uuid4().hex}"
+    old.write_text(json.dumps(ok_item(fake, "old.bin")))
+    daemon.start()
+    assert daemon.result("left.json")[0] == "done"
+    assert daemon.result("placed.json")[0] == "done"
+    recovered = f"recovered-{old.name[len('.claim-'):]}.json"
+    assert daemon.result(recovered)[0] == "done"
+    assert folder_names(daemon, "processing") == []
+    assert sorted(n for n in folder_names(daemon, "done") if not n.endswith(".result.json")) == \
+        sorted(["left.json", "placed.json", recovered])
+    assert daemon.get("/api/downloads").json()["total"] == 3
+    gets = collections.Counter(r.path for r in fake.requests_to("files"))
+    assert len(gets) == 3 and set(gets.values()) == {1}
+    assert "recovered from a claim" in daemon.logs()
 
 
 # -- invalid manifests --------------------------------------------------------------
