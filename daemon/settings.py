@@ -131,8 +131,8 @@ def _level(value):
 
 
 def _time(value):
-    if not isinstance(value, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
-        raise ValueError('expected a time "HH:MM" (24 h, quoted)')
+    if not isinstance(value, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", value):
+        raise ValueError('expected a time "HH:MM" or "HH:MM:SS" (24 h, quoted)')
     return value
 
 
@@ -268,7 +268,7 @@ SETTINGS = [
     Setting("huggingface_base_url", "https://huggingface.co", _url,
             "where the Hugging Face token may go (that scheme, host and port only)"),
     Setting("update_check", {"enabled": True, "time": "04:00", "auto_download": True, "policy": "alongside"}, None,
-            "daily check for new model versions: enabled, time (\"HH:MM\", local), auto_download, "
+            "daily check for new model versions: enabled, time (\"HH:MM\" or \"HH:MM:SS\", local), auto_download, "
             "policy (notify|alongside|replace)"),
     Setting("library", {"roots": None, "extensions": DEFAULT_LIBRARY_EXTENSIONS, "scan_on_start": True,
                         "rescan": "daily", "hash_threads": None}, None,

@@ -45,10 +45,10 @@ class UpdateChecker:
         if not self.config.get("enabled"):
             log.info("daily update check disabled (update_check.enabled: false)")
             return
-        hour, minute = (int(x) for x in self.config["time"].split(":"))
+        hour, minute, second = (int(x) for x in (self.config["time"] + ":00").split(":")[:3])
         self.scheduler = BackgroundScheduler(daemon=True)
-        self.scheduler.add_job(self._scheduled, CronTrigger(hour=hour, minute=minute), id="update-check",
-                               max_instances=1, coalesce=True, misfire_grace_time=3600)
+        self.scheduler.add_job(self._scheduled, CronTrigger(hour=hour, minute=minute, second=second),
+                               id="update-check", max_instances=1, coalesce=True, misfire_grace_time=3600)
         self.scheduler.start()
         job = self.scheduler.get_job("update-check")
         log.info("daily update check at %s local time (next run %s)", self.config["time"], job.next_run_time)
