@@ -5,17 +5,17 @@ true`, missing sidecars beside identified files (never over an existing one).
 """
 import json
 import logging
-import os
 import threading
 import time
 
 from .. import sidecars
-from ..events import DOWNLOAD_COMPLETED, LIBRARY_SCAN_DONE, LIBRARY_SCAN_PROGRESS
+from ..events import LIBRARY_SCAN_DONE, LIBRARY_SCAN_PROGRESS
 from ..models import Download, LibraryEntry, LibraryScan, db, iso, utcnow
-from ..redact import scrub
 from ..states import Status
 from . import hashcache, hashing, sidecars_in, store, walk
+from .adopt import Adopter
 from .identify import Identifier, Pacer, fresh_unknowns, remember_unknown
+from .identity import apply_version, clear_identity, from_download
 
 log = logging.getLogger("daemon.library")
 
@@ -27,27 +27,6 @@ def _blank(scan_id):
     return {"id": scan_id, "state": "running", "phase": "walking", "files": 0, "files_done": 0, "bytes": 0,
             "bytes_done": 0, "rate": 0.0, "eta": None, "new": 0, "changed": 0, "missing": 0, "identified": 0,
             "unknown": 0, "hashed": 0, "api_calls": 0, "started_at": iso(utcnow()), "finished_at": None, "errors": []}
-
-
-def apply_version(row, version, source):
-    """Copy a Civitai version JSON's identity and names onto an entry."""
-    fields = sidecars_in.version_fields(version)
-    row.version_id = version.get("id")
-    row.model_id = version.get("modelId") or row.model_id
-    row.model_name = fields["model_name"] or row.model_name
-    row.version_name = fields["version_name"] or row.version_name
-    row.model_type = fields["model_type"] or row.model_type
-    row.base_model = fields["base_model"] or row.base_model
-    row.published_at = version.get("publishedAt") or version.get("createdAt") or row.published_at
-    row.civitai_info = json.dumps(scrub(version), separators=(",", ":"))  # no URL token into the DB or sidecar
-    row.source = source
-
-
-def _clear_identity(row):
-    for field in ("model_id", "version_id", "model_name", "version_name", "model_type", "base_model",
-                  "published_at", "civitai_info", "download"):
-        setattr(row, field, None)
-    row.source = "unknown"
 
 
 def _under(path, starts):
@@ -68,7 +47,8 @@ class Scanner:
         self._progress_lock = threading.Lock()
         self._status = None
         self._thread = None
-        bus.subscribe(self._on_event)
+        self.adopter = Adopter(settings)  # completed downloads join the library
+        bus.subscribe(self.adopter.on_event)
 
     # -- control ---------------------------------------------------------------
     def recover(self):
@@ -103,6 +83,7 @@ class Scanner:
 
     def stop(self, timeout=3.0):
         self.stop_event.set()
+        self.adopter.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -191,7 +172,7 @@ class Scanner:
         self._set(missing=len(gone), identified=identified, unknown=len(found) - identified, phase="sidecars")
         if self.settings.sidecars:
             self._write_sidecars([row for row in dirty if row.version_id and row.civitai_info])
-        self._advance(force=True)
+        self._advance()  # the last report only if its turn has come: the done event follows at once
 
     def _hash(self, found):
         """{(device, inode): sha256} for every file, from the cache or hashed now; errors by path."""
@@ -245,7 +226,7 @@ class Scanner:
                     retry.append(row)  # a sidecar may have appeared, or the negative cache expired
                 continue  # unchanged: no write (a rescan of 20,000 files must not rewrite 20,000 rows)
             if row.sha256 != sha:
-                _clear_identity(row)
+                clear_identity(row)
             row.root, row.size, row.device, row.inode, row.mtime_ns = f.root, f.size, f.device, f.inode, f.mtime_ns
             row.sha256, row.missing = sha, False
             dirty.append(row)
@@ -270,7 +251,7 @@ class Scanner:
         for row in pending:
             d = downloads.get(row.sha256)
             if d is not None:
-                self._from_download(row, d)
+                from_download(row, d)
                 continue
             if self._from_sidecars(row):
                 continue
@@ -293,16 +274,6 @@ class Scanner:
             version = versions.get(row.sha256)
             if version is not None and row.version_id in (None, version.get("id")):
                 apply_version(row, version, row.source if row.source != "unknown" else "civitai")
-
-    @staticmethod
-    def _from_download(row, d):
-        if d.civitai_info:
-            apply_version(row, json.loads(d.civitai_info), "downloaded")
-        row.source = "downloaded"
-        row.model_id, row.version_id = d.model_id, d.version_id
-        row.model_name, row.version_name = d.model_name or row.model_name, d.version_name or row.version_name
-        row.model_type, row.base_model = d.model_type or row.model_type, d.base_model or row.base_model
-        row.download = d.id
 
     @staticmethod
     def _from_sidecars(row):
@@ -328,32 +299,3 @@ class Scanner:
                 sidecars.write_missing(row.path, row.civitai_info, self.settings)
             except Exception:  # a sidecar is a courtesy: never the end of a scan
                 log.exception("library: sidecars for %s", row.path)
-
-    # -- completed downloads join the library ---------------------------------------
-    def _on_event(self, event):
-        if event.name != DOWNLOAD_COMPLETED:
-            return
-        try:
-            self._adopt_download(event.data.get("id"))
-        except Exception:
-            log.exception("library: could not add download %s", event.data.get("id"))
-
-    def _adopt_download(self, download_id):
-        with db.connection_context():
-            d = Download.get_or_none(Download.id == download_id)
-        if d is None or not d.path or not d.sha256:
-            return
-        try:
-            info = os.stat(d.path)
-        except OSError:
-            return
-        roots = [str(r) for r in self.config["roots"]]
-        root = next((r for r in roots if d.path.startswith(r.rstrip("/") + "/")), str(self.settings.download_dir))
-        hashcache.store([(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, d.sha256)])
-        with db.connection_context():
-            row = LibraryEntry.get_or_none(LibraryEntry.path == d.path) or LibraryEntry(path=d.path, root=root)
-        row.size, row.device, row.inode, row.mtime_ns = info.st_size, info.st_dev, info.st_ino, info.st_mtime_ns
-        row.sha256, row.missing = d.sha256, False
-        if d.version_id:
-            self._from_download(row, d)
-        store.save([row])
