@@ -1,11 +1,15 @@
 """The library's timing rules against the real daemon (SPEC §10): the rescan before the scheduled update check,
-and scan progress on the WebSocket at most 4 a second with the done event always last."""
+scan progress on the WebSocket at most 4 a second with the done event always last; and completed downloads
+joining the library in batches (in process, on both engines)."""
 import collections
 import datetime
+import json
+import os
 
 import requests
 
 from conftest import wait_for
+from daemon.manifest import parse_manifest
 from test_library import content, put
 from test_ws import Listener, server_time
 
@@ -72,3 +76,47 @@ def test_scan_progress_is_at_most_four_a_second_and_the_done_event_always_arrive
     # Any five in a row span a second (server times are in ms, hence the 2 ms of slack).
     assert min(b - a for a, b in zip(progress, progress[4:])) >= 0.998
     assert server_time(done) >= progress[-1]
+
+
+def test_completed_downloads_join_the_library_on_both_engines(core, fake):
+    from daemon.library.adopt import Adopter
+    from daemon.models import LibraryEntry, db
+    parts = core()
+    adopter = Adopter(parts.settings, window=0.5)
+    parts.bus.subscribe(adopter.on_event)
+    fake.add_model(5, "Adopted Model", "LORA")
+    fake.add_version(5, 50, "v1", size=20_000, base_model="Pony")
+    blobs = [fake.add_blob(f"plain{i}.bin", size=1000 + i) for i in range(3)]
+    ids = parts.queue.enqueue(parse_manifest(json.dumps({"items": [{"modelVersionId": 50}] + [
+        {"url": b["url"], "sha256": b["sha256"]} for b in blobs]}).encode()))
+    assert parts.pool.run_until_idle() == 4
+    adopter.stop()  # adopts what is queued, then ends
+    with db.connection_context():
+        by_path = {row.path: row for row in LibraryEntry.select()}
+    downloads = {i: parts.queue.get(i) for i in ids}
+    assert sorted(by_path) == sorted(d.path for d in downloads.values())
+    rows = {i: by_path[d.path] for i, d in downloads.items()}
+    for download_id, row in rows.items():
+        d = downloads[download_id]
+        info = os.stat(d.path)
+        assert (row.path, row.sha256, row.size, row.inode, row.mtime_ns, row.missing) == (
+            d.path, d.sha256, info.st_size, info.st_ino, info.st_mtime_ns, False)
+        assert row.root == str(parts.settings.download_dir)
+    civitai = rows[ids[0]]
+    assert (civitai.source, civitai.model_id, civitai.version_id, civitai.model_name, civitai.model_type,
+            civitai.base_model) == ("downloaded", 5, 50, "Adopted Model", "LORA", "Pony")
+    assert json.loads(civitai.civitai_info)["id"] == 50
+    assert civitai.download_id == ids[0]
+    assert {(rows[i].source, rows[i].version_id) for i in ids[1:]} == {("unknown", None)}
+
+    # Adopting again updates the entry at that path in place: same id, first_seen kept.
+    old = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    with db.connection_context():
+        LibraryEntry.update(source="unknown", model_id=None, version_id=None, first_seen=old).where(
+            LibraryEntry.id == civitai.id).execute()
+    adopter.adopt([ids[0], 99999])  # an unknown id is passed over
+    with db.connection_context():
+        again = LibraryEntry.get(LibraryEntry.path == civitai.path)
+        assert LibraryEntry.select().count() == 4
+    assert (again.id, again.source, again.version_id) == (civitai.id, "downloaded", 50)
+    assert again.first_seen.replace(tzinfo=datetime.timezone.utc) == old
