@@ -1,5 +1,7 @@
-"""`<stem>.civitai.info` and `<stem>.preview.<ext>` beside a completed file (the A1111 /
-Civitai Helper convention). A failed sidecar is logged, never fails the download."""
+"""`<stem>.civitai.info` and `<stem>.preview.<ext>` beside a completed download or a library file (the
+A1111 / Civitai Helper convention). Missing ones are written, existing ones never replaced — except a
+`.civitai.info` that still holds what the daemon wrote, when newer metadata arrives. A failed sidecar is
+logged, never fails the download."""
 import json
 import logging
 import os
@@ -64,16 +66,44 @@ def read_plain(path):
         return handle.read(MAX_PREVIEW)
 
 
-def write(model_path, civitai_info, fetcher=None, settings=None):
-    """Write both sidecars; returns the preview path or None."""
+def write_missing(model_path, civitai_info, settings=None):
+    """Write whichever of the two sidecars is absent (SPEC §10), for a download and a library file alike;
+    an existing sidecar — the user's, or another tool's — is never replaced. The preview path or None."""
     info_path, stem = paths_for(model_path)
     try:
         version = json.loads(civitai_info)
-        write_new(info_path, json.dumps(version, indent=2, ensure_ascii=False).encode("utf-8"))
+        if not os.path.lexists(info_path):
+            try:  # fails if another writer got there first: theirs stays
+                write_new(info_path, _info_bytes(version), replace=False)
+            except FileExistsError:
+                pass
     except (OSError, ValueError) as exc:
         log.warning("could not write %s: %s", info_path, exc)
         return None
+    if find_preview(model_path) is not None:
+        return None
     return _preview(model_path, version, stem, settings)
+
+
+def refresh_info(model_path, written_info, new_info):
+    """Replace `<stem>.civitai.info` with `new_info` only while it still holds what the daemon wrote from
+    `written_info` for this download: a sidecar edited by hand (or replaced by another tool) stays. True
+    when replaced."""
+    info_path, _ = paths_for(model_path)
+    try:
+        current = read_plain(info_path)
+        if current is None or current != _info_bytes(json.loads(written_info)):
+            return False
+        write_new(info_path, _info_bytes(json.loads(new_info)))
+        return True
+    except (OSError, ValueError) as exc:
+        log.warning("could not refresh %s: %s", info_path, exc)
+        return False
+
+
+def _info_bytes(version):
+    """The one way the daemon writes a version JSON as a sidecar (so refresh_info can recognise its own)."""
+    return json.dumps(version, indent=2, ensure_ascii=False).encode("utf-8")
 
 
 def _preview(model_path, version, stem, settings):
@@ -111,7 +141,10 @@ def _fetch_preview(url, base, settings):
         if expected and expected.isdigit() and int(expected) != len(data):
             raise ValueError("preview image was cut short")
     target = base.with_name(f"{base.name}.preview.{ext}")
-    write_new(target, data)
+    try:
+        write_new(target, data, replace=False)  # a preview that appeared meanwhile (or a link) stays
+    except FileExistsError:
+        return None
     return target
 
 
@@ -121,22 +154,3 @@ def _ext_from_url(url):
         if path.endswith("." + ext):
             return ext
     return None
-
-
-def write_missing(model_path, civitai_info, settings=None):
-    """Write whichever of the two sidecars is absent; an existing sidecar is never replaced."""
-    info_path, stem = paths_for(model_path)
-    if not os.path.exists(info_path):
-        try:
-            version = json.loads(civitai_info)
-            try:  # fails if another writer got there first: theirs stays
-                write_new(info_path, json.dumps(version, indent=2, ensure_ascii=False).encode("utf-8"),
-                          replace=False)
-            except FileExistsError:
-                pass
-        except (OSError, ValueError) as exc:
-            log.warning("could not write %s: %s", info_path, exc)
-            return None
-    if find_preview(model_path) is not None:
-        return None
-    return _preview(model_path, json.loads(civitai_info), stem, settings)

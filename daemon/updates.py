@@ -263,9 +263,7 @@ class UpdateChecker:
         text = json.dumps(stored, separators=(",", ":"))
         self.queue.update(row.id, civitai_info=text, version_name=stored.get("name"))
         if self.settings.sidecars and row.path:
-            info_path, _ = sidecars.paths_for(row.path)
-            if info_path.exists():
-                info_path.write_text(json.dumps(stored, indent=2, ensure_ascii=False), encoding="utf-8")
+            sidecars.refresh_info(row.path, row.civitai_info, text)  # only the daemon's own sidecar
 
 
 class _Adopted:

@@ -1,8 +1,10 @@
 """Preview images, NSFW blur and the detail view (issue "Extensions"): served by the daemon from the
 `.preview.*` sidecar on disk, never hot-linked, shown in a real headless Chromium."""
 import json
+import shutil
 import struct
 import zlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from screenshots import shoot
@@ -81,6 +83,58 @@ def test_preview_and_info_served_from_disk(make_daemon, fake):
     assert daemon.get(f"/api/downloads/{d['id']}/preview").status_code == 404
     assert daemon.download(d["id"])["preview"] is None
 
+
+
+def test_a_download_found_in_place_adds_missing_sidecars_and_replaces_none(make_daemon, fake):
+    """SPEC §10 for downloads too: a model the user already has where a download puts it keeps a hand-edited
+    `.civitai.info` (its missing preview is added) and a preview of its own (its missing info is added)."""
+    fake.add_model(9101, "Kept Model", "LORA")
+    kept = fake.add_version(9101, 91011, "v1.0", size=3000)
+    fake.add_model(9102, "Pictured Model", "LORA")
+    pictured = fake.add_version(9102, 91021, "v1.0", size=3000)
+    daemon = make_daemon(start=False, library={"scan_on_start": False})  # no adoption: the worker finds them
+    lora = daemon.home / "downloads" / "Lora"
+    lora.mkdir(parents=True)
+    for info in (kept, pictured):
+        shutil.copyfile(info["path"], lora / info["filename"])
+    kept_info = lora / f"{Path(kept['filename']).stem}.civitai.info"
+    hand = '{"id": 91011, "note": "edited by hand"}\n'
+    kept_info.write_text(hand)
+    own_preview = lora / f"{Path(pictured['filename']).stem}.preview.png"
+    own_image = png(4, 4, (1, 2, 3))
+    own_preview.write_bytes(own_image)
+    daemon.start()
+    first, second = completed(daemon, {"modelVersionId": 91011}), completed(daemon, {"modelVersionId": 91021})
+    assert [first["path"], second["path"]] == [str(lora / kept["filename"]), str(lora / pictured["filename"])]
+    assert "already in place" in daemon.logs()
+    assert kept_info.read_text() == hand
+    added = sidecar_of(first)
+    assert added is not None and added.read_bytes().startswith(b"\x89PNG")
+    assert own_preview.read_bytes() == own_image and sidecar_of(second) == own_preview
+    assert sorted(p.name for p in lora.glob(f"{Path(pictured['filename']).stem}.preview.*")) == [own_preview.name]
+    written = json.loads((lora / f"{Path(pictured['filename']).stem}.civitai.info").read_text())
+    assert written["id"] == 91021
+
+
+def test_newer_metadata_refreshes_only_the_daemons_own_info_sidecar(make_daemon, fake):
+    """The update check's metadata refresh rewrites `.civitai.info` while it holds what the daemon wrote for
+    that download; once the user has edited it, the edit stays (the database still learns the new name)."""
+    fake.add_model(9201, "Renamed Model", "LORA")
+    fake.add_version(9201, 92011, "first name", size=3000)
+    daemon = make_daemon()
+    download = completed(daemon, {"modelVersionId": 92011})
+    info_path = Path(download["path"]).with_name(f"{Path(download['path']).stem}.civitai.info")
+    assert json.loads(info_path.read_text())["name"] == "first name"
+    fake.update_version(92011, name="second name")
+    assert daemon.post("/api/updates/check").json()["problems"] == []
+    assert json.loads(info_path.read_text())["name"] == "second name"
+    edited = json.loads(info_path.read_text())
+    edited["name"] = "my own name"
+    info_path.write_text(json.dumps(edited))
+    fake.update_version(92011, name="third name")
+    assert daemon.post("/api/updates/check").json()["problems"] == []
+    assert json.loads(info_path.read_text())["name"] == "my own name"
+    assert daemon.download(download["id"])["version_name"] == "third name"
 
 
 def open_gui(browser, daemon, token):
