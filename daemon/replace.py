@@ -8,7 +8,6 @@ import datetime
 import logging
 import os
 import shutil
-import signal
 from pathlib import Path
 
 from . import events
@@ -20,8 +19,6 @@ log = logging.getLogger("daemon.updates")
 REPLACED = ".replaced"
 SIDECAR_SUFFIXES = (".civitai.info", ".cm-info.json", ".metadata.json", ".sha256", ".json", ".preview.png",
                     ".preview.jpeg", ".preview.jpg", ".preview.webp", ".preview.gif", ".preview.mp4")
-# Test hook: die like kill -9 right after a replace download completed, before the move.
-CRASH_ENV = "CIVITAI_DAEMON_TEST_KILL_BEFORE_REPLACE"
 
 
 def root_of(path, roots):
@@ -114,8 +111,6 @@ class Replacer:
                 ModelUpdate.update(state=UpdateState.FAILED.value).where(ModelUpdate.id == row.id).execute()
             return
         if row.mode == "replace" and row.previous_path and row.replace_state != "done":
-            if os.environ.get(CRASH_ENV) and row.replace_state is None:
-                os.kill(os.getpid(), signal.SIGKILL)
             self._replace(row)
         with db.connection_context():
             ModelUpdate.update(state=UpdateState.APPLIED.value).where(ModelUpdate.id == row.id).execute()

@@ -113,26 +113,35 @@ def test_one_check_records_each_situation_and_apply_all_takes_exactly_the_right_
 
 
 def test_replace_finishes_after_kill_9_between_download_and_move(fake, make_daemon, tmp_path):
+    """A crash after the new version is downloaded, before the old file is moved aside: the next start
+    moves it. The crash point is made real without a hook in the daemon: a file where `.replaced/` goes
+    makes the move fail (the download stays completed, its update unsettled), then kill -9."""
     root = tmp_path / "library"
     fake.add_model(1, "Replaced", "Checkpoint")
     old = content("replace-me")
     fake.add_version(1, 10, "v1", data=old)
     put(root / "Stable-diffusion" / "sub" / "r.safetensors", old)
     (root / "Stable-diffusion" / "sub" / "r.sha256").write_text(hashlib.sha256(old).hexdigest())
-    d = make_daemon(start=False, library={"roots": [str(root)]},
+    blocker = root / ".replaced"
+    blocker.write_text("in the way of the move")
+    d = make_daemon(library={"roots": [str(root)]},
                     update_check={"enabled": False, "time": "04:00", "auto_download": True, "policy": "replace"})
-    d.start(env={"CIVITAI_DAEMON_TEST_KILL_BEFORE_REPLACE": "1"})
     wait_for(lambda: d.get("/api/library/scan").json()["state"] == "done", 60, message="scan")
     fake.add_version(1, 11, "v2", size=7000)
     check = requests.post(d.url + "/api/updates/check", timeout=60).json()
     download_id = check["updates"][0]["download_id"]
-    wait_for(lambda: d.proc.poll() is not None, 60, message="the daemon killed right after the download")
-    d.proc.stdout.close()
+    assert d.wait_state(download_id, "completed")["state"] == "completed"
+    wait_for(lambda: f"update for download {download_id}: could not settle it" in d.logs(), 30,
+             message="the move refused by the file in the way")
+    assert d.get("/api/updates").json()["items"][0]["state"] == "queued"  # downloaded, not yet applied
+    d.kill()
     folder = root / "Stable-diffusion" / "sub"
     new_files = [p for p in folder.iterdir() if p.suffix == ".safetensors" and p.name != "r.safetensors"]
     assert len(new_files) == 1 and (folder / "r.safetensors").exists()  # both files, nothing moved yet
+    assert (folder / "r.sha256").exists()
 
-    d.start()  # no kill this time: the start finishes the move
+    blocker.unlink()
+    d.start()  # the start finishes the move
     entry = wait_for(lambda: (u := d.get("/api/updates").json()["items"][0])["state"] == "applied" and u, 30,
                      message="update applied after restart")
     assert entry["download_id"] == download_id
