@@ -357,3 +357,38 @@ def test_a_failed_lookup_is_retried_once_and_never_loses_the_other_results(fake,
     # Not recorded as unknown: the next scan asks for them again, and finds them.
     third = scan(d)
     assert (third["identified"], third["unknown"], third["api_calls"]) == (9, 0, 2), third
+
+
+def test_a_fifo_named_like_a_model_or_swapped_in_mid_scan_is_reported_and_never_blocks(fake, make_daemon, tmp_path):
+    """A FIFO named `x.safetensors` is reported, not opened. A file swapped after the walk saw it (for a FIFO,
+    or for another file) is opened without blocking, checked against the walk's device and inode, and
+    reported; the scan finishes and the files around them are still recorded."""
+    root = tmp_path / "models"
+    root.mkdir()
+    os.mkfifo(root / "x.safetensors")
+    big = root / "a-big.safetensors"  # hashed first (one thread, name order): the window for the swaps
+    with open(big, "wb") as handle:
+        handle.truncate(1 << 30)  # sparse: a second or two of hashing, no disk
+    victim, changed = put(root / "b-victim.safetensors", content("victim")), put(root / "c-changed.safetensors",
+                                                                                 content("changed"))
+    kept = put(root / "d-kept.safetensors", content("kept"))
+    d = make_daemon(library={"roots": [str(root)], "scan_on_start": False, "hash_threads": 1})
+    assert d.post("/api/library/scan", {}).status_code == 202
+    hashing = wait_for(lambda: (s := d.get("/api/library/scan").json())["bytes_done"] > 0 and s, 60, interval=0.01,
+                       message="hashing under way")
+    assert hashing["files_done"] == 0 and hashing["files"] == 4, hashing  # the walk saw b and c as files
+    os.unlink(victim)
+    os.mkfifo(victim)
+    replacement = put(root / ".c.tmp", content("another file"))
+    os.replace(replacement, changed)
+    status = wait_for(lambda: (s := d.get("/api/library/scan").json())["state"] != "running" and s, 60,
+                      message="the scan to finish")
+    assert status["state"] == "done", status
+    errors = {e["path"]: e["error"] for e in status["errors"]}
+    assert "not a regular file" in errors[str(root / "x.safetensors")]
+    assert "not a regular file" in errors[str(victim)]
+    assert "replaced by another file" in errors[str(changed)]
+    recorded = {e["path"]: e for e in entries(d)["items"]}
+    assert recorded[str(kept)]["sha256"] == hashlib.sha256(content("kept")).hexdigest()
+    assert recorded[str(big)]["size"] == 1 << 30
+    assert d.get("/healthz").status_code == 200

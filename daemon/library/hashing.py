@@ -7,8 +7,10 @@ does not evict what the web UI has loaded. A file whose first block was
 already cached is in use by someone: its pages are left alone.
 """
 import concurrent.futures
+import errno
 import hashlib
 import os
+import stat
 import threading
 
 CHUNK = 4 << 20          # large reads: few syscalls, and hashlib drops the GIL per update
@@ -37,14 +39,43 @@ def _was_cached(fd, buffer):
         return False
 
 
-def sha256_file(path, on_bytes=None, buffer=None):
-    """Hex SHA256 of a file; `on_bytes(n)` is called as bytes are read. Raises OSError."""
+class NotTheFileSeen(OSError):
+    """What is at the path now is not the regular file the walk found there."""
+
+
+def open_seen(path, seen=None):
+    """An fd of `path` for reading, only if it is a regular file and (with `seen`, a walk.Found) the very
+    file the walk saw: same device and inode. O_NONBLOCK, so a FIFO or device swapped in since cannot
+    block the open; O_NOFOLLOW unless the walk itself followed a link there. Raises OSError."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if seen is not None and not seen.linked:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotTheFileSeen(errno.EINVAL, "not a regular file (a FIFO, socket or device was put there)")
+        if seen is not None and (info.st_dev, info.st_ino) != (seen.device, seen.inode):
+            raise NotTheFileSeen(errno.ESTALE, "replaced by another file while the scan ran; scan again")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def sha256_file(path, on_bytes=None, buffer=None, seen=None):
+    """Hex SHA256 of a file (opened by open_seen); `on_bytes(n)` is called as bytes are read. Raises OSError."""
     if buffer is None:
         buffer = getattr(_local, "buffer", None) or bytearray(CHUNK)
         _local.buffer = buffer  # one read buffer per hashing thread, not one per file
     view = memoryview(buffer)
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = open_seen(path, seen)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and seen is not None:  # O_NOFOLLOW met a link put there after the walk
+            raise NotTheFileSeen(errno.ESTALE, "replaced by a link while the scan ran; scan again") from None
+        raise
     try:
         cached = _was_cached(fd, buffer)
         _advise(fd, 0, 0, getattr(os, "POSIX_FADV_SEQUENTIAL", 0))
@@ -68,19 +99,19 @@ def sha256_file(path, on_bytes=None, buffer=None):
     return digest.hexdigest()
 
 
-def hash_many(paths, threads, on_bytes=None, stop=None):
-    """Yield (path, sha256 or None, error or None) for every path, hashed in `threads` threads."""
-    def one(path):
+def hash_many(found, threads, on_bytes=None, stop=None):
+    """Yield (path, sha256 or None, error or None) for every walk.Found, hashed in `threads` threads."""
+    def one(seen):
         if stop is not None and stop.is_set():
-            return path, None, "scan stopped"
+            return seen.path, None, "scan stopped"
         try:
-            return path, sha256_file(path, on_bytes), None
+            return seen.path, sha256_file(seen.path, on_bytes, seen=seen), None
         except OSError as exc:
-            return path, None, exc.strerror or str(exc)
+            return seen.path, None, exc.strerror or str(exc)
 
     if threads <= 1:
-        for path in paths:
-            yield one(path)
+        for seen in found:
+            yield one(seen)
         return
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hash") as pool:
-        yield from pool.map(one, paths)
+        yield from pool.map(one, found)

@@ -192,7 +192,7 @@ class Scanner:
         self._hash_started = time.monotonic()
         errors_by_path, fresh = {}, []
         by_path = {f.path: f for f in todo.values()}
-        results = hashing.hash_many(list(by_path), self.config["hash_threads"],
+        results = hashing.hash_many(list(by_path.values()), self.config["hash_threads"],
                                     on_bytes=lambda n: self._advance(nbytes=n), stop=self.stop_event)
         for path, sha, error in results:
             f = by_path[path]

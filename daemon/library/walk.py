@@ -15,6 +15,7 @@ class Found:
     inode: int
     size: int
     mtime_ns: int
+    linked: bool = False  # reached through a symlink: the hasher may follow it (and checks the inode)
 
     @property
     def key(self):
@@ -44,9 +45,9 @@ def walk(starts, extensions, errors):
         except OSError as exc:
             _error(errors, start, exc)
             continue
-        if stat.S_ISREG(info.st_mode):
+        if not stat.S_ISDIR(info.st_mode):
             if is_model_name(os.path.basename(start), extensions):
-                yield Found(str(start), str(root), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+                yield from _file(errors, str(start), str(root), info, os.path.islink(start))
             continue
         stack = [str(start)]
         while stack:
@@ -78,11 +79,20 @@ def walk(starts, extensions, errors):
                     continue
                 try:
                     info = entry.stat()
+                    linked = entry.is_symlink()
                 except OSError as exc:
                     _error(errors, entry.path, exc)
                     continue
-                if stat.S_ISREG(info.st_mode):
-                    yield Found(entry.path, str(root), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+                yield from _file(errors, entry.path, str(root), info, linked)
+
+
+def _file(errors, path, root, info, linked):
+    """The Found for a model-named file, or its error when it is no regular file (never opened: a FIFO
+    would block the reader)."""
+    if stat.S_ISREG(info.st_mode):
+        yield Found(path, root, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, linked)
+    else:
+        errors.append({"path": path, "error": "not a regular file (a FIFO, socket or device); skipped"})
 
 
 def starts_for(roots, paths):
