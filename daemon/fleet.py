@@ -3,10 +3,10 @@
 Every `lease`/3 seconds each daemon renews the leases of the downloads it is
 working on, records its heartbeat, returns claims whose lease ran out to the
 queue (their daemon died: another one resumes them from the shared part),
-takes again the inbox files a dead daemon had claimed but not placed, files
-away its own manifests that other daemons finished, and sets its part of
-`throttle` to its share of the fleet's active downloads. With SQLite only the
-heartbeat is kept (one node).
+takes again the inbox files a dead daemon had claimed but not placed (or
+placed, not recorded), files away its own manifests that other daemons
+finished, and sets its part of `throttle` to its share of the fleet's active
+downloads. With SQLite only the heartbeat is kept (one node).
 """
 import datetime
 import logging
@@ -64,6 +64,7 @@ class Fleet:
         self.queue.renew(self.active_ids())
         self.queue.reclaim_lapsed()
         self.spool.recover_claims(self.live_nodes())
+        self.spool.adopt_orphans()
         self.spool.finish_own()
         self._share_throttle()
 

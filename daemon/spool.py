@@ -248,28 +248,65 @@ class Spool:
         completion (every item ended, manifest not yet moved); both are finished here.
         """
         self.recover_claims(live_nodes, startup=True)
-        known, mine = {}, []
         for record in self.queue.open_manifests():
-            if not self._owns(record):
-                known[record.name] = record  # another daemon's, in a shared processing/: not ours to touch
-            elif self.queue.manifest_items(record.id):
-                known[record.name] = record
-                mine.append(record)
-        for record in mine:
-            self.maybe_finish(record.id)
-        for path in sorted(self.processing.iterdir()):
-            if is_manifest_name(path.name) and path.name not in known:
-                try:
-                    items = self.parse(path.name, self.read(path))
-                except (ManifestError, OSError) as exc:
-                    problems = exc.problems if isinstance(exc, ManifestError) else [str(exc)]
-                    with self._lock:
-                        self._reject(path, problems)
-                    continue
-                records = [r for r in self.queue.open_manifests() if r.name == path.name and self._owns(r)]
-                record = records[0] if records else self.queue.create_manifest(path.name, items=len(items))
-                self.queue.enqueue(items, manifest=record)
-                log.info("manifest %s: resumed from processing/", path.name)
+            if self._owns(record) and self.queue.manifest_items(record.id):
+                self.maybe_finish(record.id)
+        self.adopt_orphans(startup=True)
+
+    def adopt_orphans(self, startup=False):
+        """Enqueue the manifests in processing/ that the database does not know (with SQLite: at start).
+
+        In a fleet the daemon that placed a file records it milliseconds later, so only a file older than
+        the lease is an orphan — a daemon starting meanwhile took a live one a second time — and it is
+        renamed to a claim first, so of daemons adopting at once exactly one gets it.
+        """
+        shared = is_postgres()
+        if shared or startup:
+            candidates = [p for p in sorted(self.processing.iterdir())
+                          if is_manifest_name(p.name) and (not shared or self._older_than_lease(p))]
+        else:
+            candidates = []
+        if not candidates:
+            return
+        records = {}
+        for record in self.queue.open_manifests():
+            records.setdefault(record.name, []).append(record)
+        for path in candidates:
+            if any(not self._owns(r) or self.queue.manifest_items(r.id) for r in records.get(path.name, ())):
+                continue  # known: another daemon's, or ours and enqueued
+            if shared:
+                path = self._retake(path)
+                if path is None:
+                    continue  # another daemon adopted it first
+            self._adopt(path)
+
+    def _older_than_lease(self, path):
+        try:
+            return time.time() - path.lstat().st_ctime > self.queue.lease  # placing (a link) sets ctime
+        except FileNotFoundError:
+            return False
+
+    def _retake(self, path):
+        """A file in processing/ renamed to this node's claim and placed again: the path, or None if gone."""
+        claimed = self._claim(path, path.name)
+        if claimed is None:
+            return None
+        with self._lock:
+            return self.processing / _place(claimed, self.processing, path.name)
+
+    def _adopt(self, path):
+        try:
+            items = self.parse(path.name, self.read(path))
+        except (ManifestError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ManifestError) else [str(exc)]
+            with self._lock:
+                self._reject(path, problems)
+            return
+        # A record without items: a crash fell between recording and enqueueing; it is reused.
+        records = [r for r in self.queue.open_manifests() if r.name == path.name and self._owns(r)]
+        record = records[0] if records else self.queue.create_manifest(path.name, items=len(items))
+        self.queue.enqueue(items, manifest=record)
+        log.info("manifest %s: resumed from processing/", path.name)
 
     def _owns(self, record):
         """A manifest stays with the daemon that took it (SPEC §14); with SQLite every one is ours."""

@@ -151,7 +151,8 @@ def test_claims_left_in_a_shared_processing_go_to_one_daemon_when_their_owner_is
                                                                                        tmp_path):
     """A `.claim-*` (an inbox file taken, not placed) whose node died is taken by a live daemon's heartbeat;
     a live node's fresh claim is left alone until it is older than the lease; a restarted node takes its
-    own claims at start. Each manifest is filed once, by one daemon."""
+    own claims at start. A placed file not yet recorded is adopted only once older than the lease. Each
+    manifest is filed once, by one daemon."""
     lease = 12
     first, second, third = _fleet(make_daemon, tmp_path, pg_url, shared_manifests=True, lease=lease)
     processing, done = tmp_path / "shared" / "processing", tmp_path / "shared" / "done"
@@ -164,29 +165,35 @@ def test_claims_left_in_a_shared_processing_go_to_one_daemon_when_their_owner_is
         os.rename(tmp, claim)  # as a claim is made: a rename (which sets its ctime)
         return claim
 
+    def recorded(name):
+        return _query(pg_url, "SELECT count(*) FROM manifests WHERE name = %s", f"{name}.json") != [(0,)]
+
     third.proc.send_signal(signal.SIGKILL)  # node-2 dies with a claim in hand; its heartbeat is fresh
     third.proc.wait()
     dead = plant("node-9", "dead")          # a node that stopped long ago
     alive = plant("node-1", "alive")        # second is running: a claim it is placing right now
     own = plant("node-2", "own")
+    # placed, not yet recorded: what a live daemon's intake looks like for a few milliseconds
+    os.rename(plant("node-0", "placed"), processing / "placed.json")
     planted = time.monotonic()
     wait_for(lambda: not dead.exists(), lease, interval=0.1, message="the dead node's claim taken by a heartbeat")
-    assert time.monotonic() - planted < lease and alive.exists()
+    assert time.monotonic() - planted < lease and alive.exists() and not recorded("placed")
     third.proc = None
     third.start()  # node-2 is back within the lease: at start it takes its own claim, nobody else may yet
     wait_for(lambda: not own.exists(), lease, interval=0.1, message="node-2's own claim taken at its start")
-    assert time.monotonic() - planted < lease
-    for name in ("dead", "own", "alive"):
+    # a starting daemon leaves a fresh unrecorded file alone too: its placer may be about to record it
+    assert time.monotonic() - planted < lease and not recorded("placed")
+    names = ("alive", "dead", "own", "placed")  # the last two once they are older than the lease
+    for name in names:
         wait_for(lambda: (done / f"{name}.json").exists(), 60, interval=0.2, message=f"{name}.json in done/")
     assert sorted(p.name for p in processing.iterdir()) == []
-    assert sorted(p.name for p in done.iterdir()) == sorted(f"{n}.{s}" for n in ("alive", "dead", "own")
-                                                             for s in ("json", "result.json"))
+    assert sorted(p.name for p in done.iterdir()) == sorted(f"{n}.{s}" for n in names for s in ("json", "result.json"))
     owners = dict(_query(pg_url, "SELECT name, node FROM manifests"))
     assert owners["own.json"] == "node-2" and owners["dead.json"] in {"node-0", "node-1"}
-    assert len(owners) == 3 and _query(pg_url, "SELECT count(*) FROM downloads") == [(3,)]
-    assert all(json.loads((done / f"{n}.result.json").read_text())["status"] == "done" for n in ("alive", "dead", "own"))
+    assert len(owners) == 4 and _query(pg_url, "SELECT count(*) FROM downloads") == [(4,)]
+    assert all(json.loads((done / f"{n}.result.json").read_text())["status"] == "done" for n in names)
     gets = collections.Counter(r.path for r in fake.requests_to("files"))
-    assert len(gets) == 3 and set(gets.values()) == {1}
+    assert len(gets) == 4 and set(gets.values()) == {1}
 
 
 def test_the_database_password_stays_secret(make_daemon, fake, pg_url, postgres):
