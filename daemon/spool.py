@@ -2,92 +2,24 @@
 
 This is the only module that moves manifest files. Folder names are states.
 """
-import datetime
-import errno
-import hashlib
-import json
 import logging
 import os
-import re
-import shutil
 import stat
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from . import events
 from .errors import ManifestError
-from .gate import write_new
 from .manifest import parse_manifest
 from .models import is_postgres, iso, utcnow
+from .spoolfiles import (CLAIM, CLAIM_PREFIX, claim_name, free_name, is_manifest_name, move_file, node_tag, place,
+                         sniff_suffix, stem, write_json_atomic)
 from .states import ManifestStatus, Status
 
 log = logging.getLogger("daemon.spool")
 
 FILE_RETRY_SECONDS = 5.0
-
-
-def is_manifest_name(name):
-    """A file the inbox takes: a manifest or workflow (`*.json`) or a generated image (`*.png`, SPEC §13)."""
-    return name.endswith((".json", ".png")) and not name.startswith(".") and not name.endswith(".result.json")
-
-
-def _stem(name):
-    return name.rsplit(".", 1)[0] if name.endswith((".json", ".png")) else name
-
-
-CLAIM_PREFIX = ".claim-"
-# `.claim-<owner>-<uuid>-<inbox name>`; `.claim-<uuid>` alone was the old form (owner and name unknown).
-_CLAIM = re.compile(r"^\.claim-(?:(?P<owner>[0-9a-f]{8})-)?(?P<uuid>[0-9a-f]{32})(?:-(?P<name>.+))?$", re.S)
-
-
-def node_tag(node):
-    """A node's name as 8 hex digits: a node name may hold characters a file name may not."""
-    return hashlib.sha256((node or "").encode("utf-8")).hexdigest()[:8]
-
-
-def claim_name(node, name):
-    """The private name an inbox file takes while one daemon takes it: its owner, a unique id and its name,
-    so a claim a crash left behind can be recovered under its name (the name is dropped past 255 bytes)."""
-    base = f"{CLAIM_PREFIX}{node_tag(node)}-{uuid.uuid4().hex}"
-    full = f"{base}-{name}"
-    return full if len(os.fsencode(full)) <= 255 else base
-
-
-def _stamp():
-    return datetime.datetime.now().strftime("%Y%m%dT%H%M%S%f")
-
-
-def free_name(folder, name):
-    """`name` in `folder`, or `<stem>-<timestamp>.json` when taken (never replace an older file)."""
-    stem, suffix = _stem(name), name[len(_stem(name)):]
-    candidate = name
-    while (folder / candidate).exists() or (folder / f"{_stem(candidate)}.result.json").exists():
-        candidate = f"{stem}-{_stamp()}{suffix or '.json'}"
-    return candidate
-
-
-def write_json_atomic(path, data):
-    """A result file, written through a new temp file that no planted link can redirect (removed on failure)."""
-    write_new(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def move_file(source, target):
-    """Rename `source` to `target`; across file systems (EXDEV) copy to a temporary name, rename, unlink."""
-    try:
-        os.replace(source, target)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.unlink(source)
 
 
 class Spool:
@@ -139,7 +71,7 @@ class Spool:
         try:
             if problems:
                 return self._reject(claimed, problems, name)
-            target = _place(claimed, self.processing, name)
+            target = place(claimed, self.processing, name)
         except FileNotFoundError:  # held past the lease, so another daemon recovered it (recover_claims)
             log.warning("manifest %s: taken over by another daemon while this one placed it", name)
             return None
@@ -172,7 +104,7 @@ class Spool:
         live = {node_tag(n) for n in live_nodes or ()}
         recovered = 0
         for entry in list(os.scandir(self.processing)):
-            match = _CLAIM.match(entry.name)
+            match = CLAIM.match(entry.name)
             if match is not None and self._abandoned(match["owner"], entry, live, startup):
                 recovered += self._recover(Path(entry.path), match)
         return recovered
@@ -190,7 +122,7 @@ class Spool:
     def _recover(self, path, match):
         try:
             regular = stat.S_ISREG(os.lstat(path).st_mode)
-            name = match["name"] or f"recovered-{match['uuid']}{_sniff_suffix(path) if regular else '.json'}"
+            name = match["name"] or f"recovered-{match['uuid']}{sniff_suffix(path) if regular else '.json'}"
         except FileNotFoundError:
             return 0  # another daemon recovered it first
         claimed = self._claim(path, name)
@@ -231,8 +163,8 @@ class Spool:
             target = free_name(self.failed, name or path.name)
             result = {"manifest": target, "status": ManifestStatus.FAILED.value, "finished_at": iso(utcnow()),
                       "errors": errors, "items": []}
-            write_json_atomic(self.failed / f"{_stem(target)}.result.json", result)
-            _place(path, self.failed, target)
+            write_json_atomic(self.failed / f"{stem(target)}.result.json", result)
+            place(path, self.failed, target)
         record = self.queue.create_manifest(target, status=ManifestStatus.FAILED, errors=errors)
         self.queue.finish_manifest(record.id, ManifestStatus.FAILED, target, errors)
         log.error("manifest %s rejected: %s", target, "; ".join(errors))
@@ -292,7 +224,7 @@ class Spool:
         if claimed is None:
             return None
         with self._lock:
-            return self.processing / _place(claimed, self.processing, path.name)
+            return self.processing / place(claimed, self.processing, path.name)
 
     def _adopt(self, path):
         try:
@@ -345,12 +277,12 @@ class Spool:
                     result = {"manifest": target, "status": status.value, "finished_at": iso(utcnow()),
                               "errors": [], "items": items}
                     # Result first, then the manifest: a host app waiting for the manifest finds its result too.
-                    write_json_atomic(folder / f"{_stem(target)}.result.json", result)
+                    write_json_atomic(folder / f"{stem(target)}.result.json", result)
                     if source.exists():
                         move_file(source, folder / target)
             except OSError as exc:  # disk full, say: stay in processing/ and try again later
                 self._finished.discard(manifest_id)
-                (folder / f"{_stem(target)}.result.json").unlink(missing_ok=True)
+                (folder / f"{stem(target)}.result.json").unlink(missing_ok=True)
                 log.error("manifest %s: cannot file it in %s (%s); trying again in %d s", record.name, folder,
                           exc.strerror or exc, FILE_RETRY_SECONDS)
                 timer = threading.Timer(FILE_RETRY_SECONDS, self.maybe_finish, [manifest_id])
@@ -362,28 +294,6 @@ class Spool:
         name = events.MANIFEST_DONE if ok else events.MANIFEST_FAILED
         self.bus.publish(name, {"manifest": target, "status": status.value, "items": items,
                                                  "errors": []})
-
-
-def _place(source, folder, name):
-    """Move `source` to `name` in `folder`, or to a free name when it is taken (never replacing a file)."""
-    target = name
-    while True:
-        try:
-            os.link(source, folder / target)  # fails on a taken name, where os.replace would overwrite
-        except FileExistsError:
-            target = free_name(folder, name)  # another daemon may take that one first: loop
-            continue
-        except OSError:  # a file system without hard links, or another one (EXDEV)
-            move_file(source, folder / target)
-            return target
-        os.unlink(source)
-        return target
-
-
-def _sniff_suffix(path):
-    """`.png` for a PNG image, else `.json`: an old-style claim kept no name."""
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as handle:
-        return ".png" if handle.read(8) == b"\x89PNG\r\n\x1a\n" else ".json"
 
 
 def _ids_text(ids):

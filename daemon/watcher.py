@@ -21,7 +21,7 @@ from .errors import ManifestError
 from .inotify import open_hints
 from .manifest import parse_manifest
 from .pngmeta import INCOMPLETE as INCOMPLETE_PNG
-from .spool import is_manifest_name
+from .spoolfiles import is_manifest_name
 
 log = logging.getLogger("daemon.watcher")
 

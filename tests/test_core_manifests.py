@@ -10,7 +10,7 @@ import uuid
 import requests
 
 from conftest import wait_for
-from daemon.spool import claim_name
+from daemon.spoolfiles import claim_name
 
 
 def ok_item(fake, name="m.bin", size=20_000):

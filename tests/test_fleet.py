@@ -13,7 +13,7 @@ import time
 import psycopg
 
 from conftest import sha, wait_for
-from daemon.spool import claim_name
+from daemon.spoolfiles import claim_name
 
 
 def _blob(fake, name, size):
