@@ -384,7 +384,7 @@ class Queue:
     def _twin_index(self, shas, versions, urls):
         """Earliest active, parentless download per SHA256, version id and URL key (for enqueue's dedupe);
         by URL also its expected hash."""
-        active = set(ACTIVE)
+        active, completed = set(ACTIVE), Status.COMPLETED.value
         by_sha, by_version, by_url = {}, {}, {}
 
         def lookup(values, clause, keys):
@@ -395,11 +395,13 @@ class Queue:
                 # WHERE, SQLite searched the parent index (every parentless row) for each manifest, so intake
                 # slowed as the table grew (bench, ingest: 11 s for the first 1,000 manifests, 20 s at 5,000 rows).
                 query = (Download.select(Download.id, Download.expected_sha256, Download.sha256, Download.version_id,
-                                         Download.url_key, Download.parent, Download.state)
+                                         Download.url_key, Download.parent, Download.state, Download.path)
                          .where(clause(list(chunk))).order_by(Download.id.desc()))
                 for row in query:
                     if row.parent_id is not None or row.state not in active:
                         continue
+                    if row.state == completed and not (row.path and os.path.exists(row.path)):
+                        continue  # its file was deleted: a child would only find it gone and queue itself again
                     for target, key, value in keys(row):
                         if key in chunk:
                             target[key] = value  # descending ids: the earliest wins

@@ -4,6 +4,7 @@ State machine, claims, cancel/pause races, the spool and retries, each driven on
 step at a time against the fake Civitai (huey's style of testing a consumer).
 """
 import json
+import os
 
 from conftest import sha
 from daemon.errors import InvalidTransition
@@ -51,6 +52,26 @@ def test_a_twin_waits_for_its_parent_then_links(core, fake):
     parent, child = parts.queue.get(first), parts.queue.get(second)
     assert child.state == "completed" and child.sha256 == parent.sha256
     assert child.path.endswith("copy.bin") and sha(child.path) == blob["sha256"]
+
+
+def test_a_completed_twin_whose_file_was_deleted_is_no_parent(core, fake, recorder):
+    """Dropping the same manifest again after deleting the file downloads it afresh in one step
+    (before, the new item became the deleted file's child, found it gone and queued itself again)."""
+    parts = core()
+    blob = fake.add_blob("again.bin", size=20_000)
+    [first] = enqueue(parts, {"url": blob["url"], "sha256": blob["sha256"]})
+    assert parts.pool.run_until_idle() == 1
+    kept = enqueue(parts, {"url": blob["url"], "sha256": blob["sha256"], "filename": "kept.bin"})
+    assert parts.queue.get(kept[0]).parent_id == first  # file still there: a link, no download
+    assert parts.pool.run_until_idle() == 1
+    os.unlink(parts.queue.get(first).path)
+    os.unlink(parts.queue.get(kept[0]).path)
+    [again] = enqueue(parts, {"url": blob["url"], "sha256": blob["sha256"]})
+    assert parts.queue.get(again).parent_id is None
+    assert parts.pool.run_until_idle() == 1  # one step: claimed once, fetched, verified
+    row = parts.queue.get(again)
+    assert row.state == "completed" and sha(row.path) == blob["sha256"]
+    assert recorder.names(again) == ["download.queued", "download.started", "download.completed"]
 
 
 def test_cancel_between_claim_and_fetch_removes_everything(core, fake, recorder):
