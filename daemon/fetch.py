@@ -393,7 +393,8 @@ class Fetcher:
         read_size = self.throttle.read_size()
         fill = pipeline.FILL if not self.throttle.rate else 1  # under a cap every read is handed over at once
         received = part.offset
-        pipe = pipeline.Pipeline(fd, part.offset, part.hasher, name=f"write-{job.download_id}")
+        pipe = pipeline.Pipeline(fd, part.offset, part.hasher, name=f"write-{job.download_id}",
+                                 size=None if part.total is None else part.total - part.offset)
         index = None
         try:
             index, view, filled = *pipe.take(), 0

@@ -17,20 +17,27 @@ FILL = 1 << 20  # a buffer is handed over once it holds this much (or the body e
 class Pipeline:
     """Buffers for the receiver, a hash-and-write thread behind it; `written` counts what is on disk."""
 
-    def __init__(self, fd, offset, hasher, name="pipeline"):
+    def __init__(self, fd, offset, hasher, name="pipeline", size=None):
         self.fd = fd
         self.hasher = hasher
         self.written = offset      # bytes hashed and written (the part's clean resume point)
         self.error = None
-        # Allocated on first use: a 1 KiB file needs one, and zeroing 16 MiB per download was a
-        # sixth of the CPU of ingesting 1,000 small manifests (bench, ingest).
+        # Allocated on first use, no larger than the body: a 1 KiB file needs 1 KiB, and zeroing
+        # 16 MiB per download was a sixth of the CPU of ingesting 1,000 small manifests (bench, ingest).
+        self._size = BUFFER_SIZE if size is None else max(1, min(BUFFER_SIZE, size))
         self._buffers = [None] * BUFFERS
         self._free = queue.SimpleQueue()
         self._full = queue.SimpleQueue()
         for index in range(BUFFERS):
             self._free.put(index)
-        self._thread = threading.Thread(target=self._write_loop, name=name, daemon=True)
-        self._thread.start()
+        # A body that fits one hand-over gains nothing from overlap: it is written here, without a
+        # thread started and joined per download (small files in a burst, bench ingest).
+        self._inline = size is not None and size <= FILL
+        self._writeback = Writeback(fd) if self._inline else None
+        self._thread = None
+        if not self._inline:
+            self._thread = threading.Thread(target=self._write_loop, name=name, daemon=True)
+            self._thread.start()
 
     def take(self):
         """(index, view) of a free buffer; raises what the writer hit."""
@@ -39,12 +46,15 @@ class Pipeline:
             self._free.put(index)
             raise self.error
         if self._buffers[index] is None:
-            self._buffers[index] = memoryview(bytearray(BUFFER_SIZE))
+            self._buffers[index] = memoryview(bytearray(self._size))
         return index, self._buffers[index]
 
     def hand_over(self, index, count):
         """The first `count` bytes of buffer `index` are the next bytes of the file."""
-        if count:
+        if count and self._inline:
+            self._write(index, count)
+            self._free.put(index)
+        elif count:
             self._full.put((index, count))
         else:
             self._free.put(index)
@@ -57,24 +67,29 @@ class Pipeline:
 
     def abandon(self):
         """Let the writer finish what was handed over, then end it (safe to call twice)."""
-        if self._thread.is_alive():
+        if self._inline:
+            self._writeback.flush()
+        elif self._thread.is_alive():
             self._full.put(None)
             self._thread.join()
 
     def _write_loop(self):
-        writeback = Writeback(self.fd)
+        self._writeback = Writeback(self.fd)
         try:
             while (item := self._full.get()) is not None:
-                index, count = item
-                if self.error is None:
-                    view = self._buffers[index][:count]
-                    try:
-                        pwrite_all(self.fd, view, self.written)  # before the hash: a failed write
-                        self.hasher.update(view)                 # leaves hash and `written` in step
-                        writeback.wrote(self.written, count)
-                        self.written += count
-                    except BaseException as exc:  # noqa: BLE001 - handed to the receiver
-                        self.error = exc
-                self._free.put(index)
+                self._write(*item)
+                self._free.put(item[0])
         finally:
-            writeback.flush()
+            self._writeback.flush()
+
+    def _write(self, index, count):
+        if self.error is not None:
+            return
+        view = self._buffers[index][:count]
+        try:
+            pwrite_all(self.fd, view, self.written)  # before the hash: a failed write
+            self.hasher.update(view)                 # leaves hash and `written` in step
+            self._writeback.wrote(self.written, count)
+            self.written += count
+        except BaseException as exc:  # noqa: BLE001 - handed to the receiver
+            self.error = exc

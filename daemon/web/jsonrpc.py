@@ -174,6 +174,8 @@ class JsonRpcEndpoint:
 
     # -- notifications: any thread → the hub ----------------------------------------------
     def _on_event(self, event):
+        if not self.clients:  # no WebSocket client: no notification to build, no wake-up of the hub
+            return
         message = notification(event)
         if message is not None:
             self._pending.append(message)
