@@ -204,8 +204,11 @@ class Spool:
         for record in self.queue.open_manifests():
             records.setdefault(record.name, []).append(record)
         for path in candidates:
-            if any(not self._owns(r) or self.queue.manifest_items(r.id) for r in records.get(path.name, ())):
-                continue  # known: another daemon's, or ours and enqueued
+            # Known: another daemon's, or ours — at start only if enqueued (an empty one is a crash's: reused),
+            # on a heartbeat at all (no item queries for every old manifest every few seconds).
+            if any(not self._owns(r) or not startup or self.queue.manifest_items(r.id)
+                   for r in records.get(path.name, ())):
+                continue
             if shared:
                 path = self._retake(path)
                 if path is None:
