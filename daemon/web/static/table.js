@@ -47,6 +47,10 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
   const view = { offset: 0, state: '', total: 0 };
   let vocab = vocabulary(null);
   let pageRequest = 0; // drops answers to requests that a newer one replaced
+  // Feed events and progress that came while the newest page request was out, as [fn, data]:
+  // its answer comes on another connection, so it may have been read before them and land
+  // after them. Applied again on top of the answer, in order (null while no request is out).
+  let missed = null;
   const shown = new Map(); // id → the latest download object in the table
   const pendingProgress = new Map();
   let progressFrame = 0;
@@ -127,6 +131,8 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
 
   async function load() {
     const request = ++pageRequest;
+    const since = [];
+    missed = since;
     const params = new URLSearchParams({ limit: PAGE_SIZE, offset: view.offset });
     if (view.state) params.set('state', view.state);
     let page;
@@ -134,6 +140,7 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
       page = await call(`api/downloads?${params}`);
     } catch (err) {
       if (request !== pageRequest) return;
+      missed = null; // the rows stay as the events left them
       if (err.status && err.status !== 401) {
         const box = $('#downloads-error');
         box.textContent = `Could not load downloads: ${err.message}`;
@@ -142,6 +149,7 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
       return;
     }
     if (request !== pageRequest) return; // a newer page/filter was asked meanwhile
+    missed = null;
     $('#downloads-error').classList.add('d-none');
     view.total = Number(page.total) || 0;
     const items = Array.isArray(page.items) ? page.items : [];
@@ -151,17 +159,22 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
       load();
       return;
     }
-    pendingProgress.clear(); // the fresh rows already carry the latest numbers
+    pendingProgress.clear(); // the fresh rows carry numbers at least as new as any asked before
     shown.clear();
     tbody().replaceChildren(...items.map(buildRow));
     renderEmpty();
     renderPager(items.length);
+    for (const [apply, data] of since) apply(data, true);
   }
   const reloadSoon = debounce(load, 300);
 
-  /** A download event carried a full object: fix its row, keeping one page. */
-  function upsert(d) {
+  /**
+   * A download event carried a full object: fix its row, keeping one page.
+   * `replayed`: it came while a page request was out, so the page may or may not count it.
+   */
+  function upsert(d, replayed = false) {
     if (d === null || typeof d !== 'object' || d.id === undefined) return;
+    missed?.push([upsert, d]);
     const matches = !view.state || d.state === view.state;
     const row = rowFor(d.id);
     if (row) {
@@ -189,6 +202,8 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
       view.total += 1;
       renderEmpty();
       renderPager();
+    } else if (newest && replayed) {
+      reloadSoon(); // the page's total may count it already: ask again
     } else if (newest) {
       view.total += 1; // lands on page 1; this page's rows shift on next load
       renderPager();
@@ -199,7 +214,9 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
 
   function applyProgress(p) {
     const row = rowFor(p.id);
-    if (!row) return;
+    // progress is of a running download: a row the server has since ended (an answer that
+    // came late, e.g. api/status's active list) keeps the numbers its state gave it
+    if (!row || !['downloading', 'queued'].includes(row.dataset.state)) return;
     const total = p.total ?? null;
     const pct = percent(p.bytes || 0, total);
     const bar = row.querySelector('.progress-bar');
@@ -225,6 +242,7 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
   /** Coalesce progress: at most one DOM pass per animation frame. */
   function queueProgress(p) {
     if (!p || p.id === undefined) return;
+    missed?.push([queueProgress, p]);
     pendingProgress.set(String(p.id), p);
     if (!progressFrame) progressFrame = window.requestAnimationFrame(flushProgress);
   }
