@@ -1,8 +1,9 @@
-"""The library's timing rules against the real daemon (SPEC §10): the rescan before the scheduled update check,
-scan progress on the WebSocket at most 4 a second with the done event always last; and completed downloads
-joining the library in batches (in process, on both engines)."""
+"""The library across time, against the real daemon (SPEC §10): the rescan before the scheduled update check,
+scan progress on the WebSocket at most 4 a second with the done event always last, unknown files identified
+later by what appears meanwhile; and completed downloads joining the library (in process, on both engines)."""
 import collections
 import datetime
+import hashlib
 import json
 import os
 
@@ -10,7 +11,7 @@ import requests
 
 from conftest import wait_for
 from daemon.manifest import parse_manifest
-from test_library import content, put
+from test_library import DETAILS, IDS, content, entries, put, scan
 from test_ws import Listener, server_time
 
 
@@ -38,10 +39,10 @@ def test_the_scheduled_check_rescans_first_and_an_on_demand_check_does_not(fake,
     # The scheduled check: the rescan adopts the file, then the check finds its newer version.
     updates = wait_for(lambda: d.get("/api/updates").json()["items"], 90, message="the scheduled update check")
     assert [(u["modelId"], u["previous_version_id"], u["modelVersionId"]) for u in updates] == [(1, 10, 11)]
-    scan = d.get("/api/library/scan").json()
-    assert (scan["state"], scan["new"], scan["identified"]) == ("done", 1, 1), scan
-    assert scan["started_at"] >= at.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")[:19]
-    assert scan["finished_at"] <= updates[0]["detected_at"]
+    last = d.get("/api/library/scan").json()
+    assert (last["state"], last["new"], last["identified"]) == ("done", 1, 1), last
+    assert last["started_at"] >= at.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")[:19]
+    assert last["finished_at"] <= updates[0]["detected_at"]
 
 
 def test_scan_progress_is_at_most_four_a_second_and_the_done_event_always_arrives(fake, make_daemon, tmp_path):
@@ -120,3 +121,38 @@ def test_completed_downloads_join_the_library_on_both_engines(core, fake):
         assert LibraryEntry.select().count() == 4
     assert (again.id, again.source, again.version_id) == (civitai.id, "downloaded", 50)
     assert again.first_seen.replace(tzinfo=datetime.timezone.utc) == old
+
+
+def test_unknown_files_are_identified_by_a_sidecar_or_a_download_that_appears_later(fake, make_daemon, tmp_path):
+    root = tmp_path / "models"
+    lone, side, twin = content("later-lone"), content("later-side"), content("later-twin")
+    for name, data in (("lone", lone), ("side", side), ("twin", twin)):
+        put(root / "Lora" / f"{name}.safetensors", data)
+    d = make_daemon(library={"roots": [str(root)], "scan_on_start": False},
+                    update_check={"enabled": False, "time": "04:00", "auto_download": False})
+    first = scan(d)
+    assert (first["unknown"], first["api_calls"]) == (3, 1), first
+
+    # Meanwhile: Stability Matrix leaves a sidecar beside one file; Civitai publishes the twin's model, and
+    # the daemon downloads it elsewhere.
+    (root / "Lora" / "side.cm-info.json").write_text(json.dumps(
+        {"ModelId": 8, "VersionId": 80, "ModelName": "Side", "VersionName": "v1", "ModelType": "LORA",
+         "Hashes": {"SHA256": hashlib.sha256(side).hexdigest().upper()}}))
+    fake.add_model(9, "Twin Model", "LORA")
+    fake.add_version(9, 90, "v1", data=twin, base_model="Pony")
+    download = d.post("/api/download", {"modelVersionId": 90, "subdir": "fetched"}).json()["id"]
+    assert d.wait_state(download, {"completed", "failed"})["state"] == "completed"
+    wait_for(lambda: entries(d, q="/fetched/")["items"], 10, message="the download's library entry")
+
+    # The rescan asks no hash again (the lone file's week as unknown is not over) and still names both;
+    # its one call fetches the version JSON the Stability Matrix sidecar lacks.
+    fake.clear_requests()
+    second = scan(d)
+    assert (second["hashed"], fake.calls("POST", IDS), fake.calls("POST", DETAILS)) == (0, 0, 1), second
+    assert second["api_calls"] == 1
+    by_name = {e["path"].rsplit("/", 1)[1]: e for e in entries(d)["items"] if "/Lora/" in e["path"]}
+    assert (by_name["side.safetensors"]["source"], by_name["side.safetensors"]["modelVersionId"]) == ("sidecar", 80)
+    assert (by_name["twin.safetensors"]["source"], by_name["twin.safetensors"]["modelVersionId"]) == ("downloaded", 90)
+    assert by_name["twin.safetensors"]["model_name"] == "Twin Model"
+    assert (by_name["lone.safetensors"]["source"], by_name["lone.safetensors"]["modelVersionId"]) == ("unknown", None)
+    assert (second["identified"], second["unknown"]) == (2, 1), second

@@ -13,7 +13,7 @@ import threading
 import types
 
 from ..events import DOWNLOAD_COMPLETED
-from ..models import Download, HashCache, LibraryEntry, db, param
+from ..models import Download, HashCache, LibraryEntry, UnknownHash, db, param
 from .identity import from_download
 
 log = logging.getLogger("daemon.library")
@@ -96,7 +96,7 @@ class Adopter:
             if not found:
                 return
             existing = self._entries([d.path for d, _ in found])
-            rows, cache = {}, []
+            rows, cache, named = {}, [], []
             for d, info in found:
                 row = existing.get(d.path) or LibraryEntry(path=d.path, root=self._root(d.path))
                 row.size, row.device, row.inode = info.st_size, info.st_dev, info.st_ino
@@ -104,6 +104,7 @@ class Adopter:
                 row.sha256, row.missing = d.sha256, False
                 if d.version_id:
                     from_download(row, d)
+                    named.append((d.sha256,))
                 rows[d.path] = row
                 cache.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, d.sha256))
             entries = [tuple(f.db_value(row.__data__.get(f.name)) for f in _ENTRY_FIELDS) for row in rows.values()]
@@ -111,6 +112,10 @@ class Adopter:
                 cursor = db.cursor()
                 cursor.executemany(_upsert(HashCache, _CACHE_FIELDS, ("device", "inode")), cache)
                 cursor.executemany(_upsert(LibraryEntry, _ENTRY_FIELDS, ("path",), keep=("first_seen",)), entries)
+                # a hash Civitai names through our download is no longer unknown: twins get identified next scan
+                if named:
+                    cursor.executemany(f'DELETE FROM "{UnknownHash._meta.table_name}" WHERE "sha256" = {param()}',
+                                       named)
 
     def _root(self, path):
         return next((r for r in self.roots if path.startswith(r.rstrip("/") + "/")), self.download_dir)

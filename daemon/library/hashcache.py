@@ -9,11 +9,10 @@ CHUNK = 300  # rows per statement (SQLite's variable limit)
 
 
 def load_all():
-    """{(device, inode): (size, mtime_ns, sha256)} for the whole cache (one query)."""
+    """{(device, inode): (size, mtime_ns, sha256)} for the whole cache (one query, plain tuples)."""
     with db.connection_context():
-        return {(d, i): (s, m, h) for d, i, s, m, h in
-                HashCache.select(HashCache.device, HashCache.inode, HashCache.size, HashCache.mtime_ns,
-                                 HashCache.sha256).tuples()}
+        cursor = db.execute_sql('SELECT "device", "inode", "size", "mtime_ns", "sha256" FROM "hash_cache"')
+        return {(d, i): (s, m, h) for d, i, s, m, h in cursor.fetchall()}
 
 
 def lookup(cache, found):

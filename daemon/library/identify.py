@@ -12,7 +12,7 @@ import threading
 import time
 
 from ..errors import DaemonError
-from ..models import UnknownHash, db, utcnow
+from ..models import UnknownHash, db, param, utcnow
 from .sidecars_in import version_hashes
 
 log = logging.getLogger("daemon.library")
@@ -95,17 +95,17 @@ class Identifier:
         return found
 
 
-def fresh_unknowns(hashes):
-    """The hashes asked within the last 7 days that Civitai did not know (not to be asked again yet)."""
-    hashes = list(set(hashes))
-    cutoff = utcnow() - UNKNOWN_TTL
-    fresh = set()
+def fresh_unknowns():
+    """The hashes Civitai did not know when asked within the last 7 days (not to be asked again yet).
+
+    One plain query for the whole table: a rescan compares 20,000 files in
+    memory. A hash that gets identified otherwise (our download, a sidecar) is
+    forgotten there and then (`remember_unknown(known=…)`, the adopter).
+    """
     with db.connection_context():
-        for start in range(0, len(hashes), 300):
-            chunk = hashes[start:start + 300]
-            fresh.update(sha for (sha,) in UnknownHash.select(UnknownHash.sha256)
-                         .where(UnknownHash.sha256.in_(chunk) & (UnknownHash.asked_at > cutoff)).tuples())
-    return fresh
+        cursor = db.execute_sql(f'SELECT "sha256" FROM "unknown_hashes" WHERE "asked_at" > {param()}',
+                                (UnknownHash.asked_at.db_value(utcnow() - UNKNOWN_TTL),))
+        return {sha for (sha,) in cursor.fetchall()}
 
 
 def remember_unknown(hashes, known=()):

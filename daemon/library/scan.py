@@ -151,31 +151,36 @@ class Scanner:
 
     def _scan(self, starts):
         errors = []
-        found = list(walk.walk(starts, self.config["extensions"], errors))
+        # by path: a PATH given twice, or a file and its folder, is one file
+        found = list({f.path: f for f in walk.walk(starts, self.config["extensions"], errors)}.values())
         self._set(files=len(found), bytes=sum(f.size for f in found), errors=errors, phase="hashing")
-        shas, errors_by_path = self._hash(found)
+        shas = self._hash(found)
         self._set(phase="identifying")
-        entries = store.load_all()
-        dirty, seen, retry = self._compare(found, entries, shas, errors_by_path)
+        index = store.load_index()
+        unknown = fresh_unknowns()
+        dirty, retry = self._compare(found, index, shas, unknown)
         identifier = Identifier(self.client, self.pacer)
-        self._identify(dirty + retry, entries, identifier)
+        self._identify(dirty + retry, identifier, unknown)
         dirty += [row for row in retry if row.version_id]  # unchanged unknown files written only when identified
         self._set(api_calls=identifier.calls)
         for problem in identifier.problems:
             self._status["errors"].append({"path": None, "error": problem})
         store.save(dirty)
-        gone = [row.id for path, row in entries.items()
-                if path not in seen and not row.missing and row.id is not None and _under(path, starts)]
+        remember_unknown((), known={row.sha256 for row in dirty if row.version_id})  # named now, not unknown
+        seen = {f.path for f in found}
+        gone = [known.id for path, known in index.items()
+                if path not in seen and not known.missing and _under(path, starts)]
         store.mark_missing(gone)
-        scanned = [entries[f.path] if f.path in entries else None for f in found]
-        identified = sum(1 for row in scanned if row is not None and row.version_id)
+        versions = {path: known.version_id for path, known in index.items()}
+        versions.update((row.path, row.version_id) for row in dirty)
+        identified = sum(1 for f in found if versions.get(f.path))
         self._set(missing=len(gone), identified=identified, unknown=len(found) - identified, phase="sidecars")
         if self.settings.sidecars:
             self._write_sidecars([row for row in dirty if row.version_id and row.civitai_info])
         self._advance()  # the last report only if its turn has come: the done event follows at once
 
     def _hash(self, found):
-        """{(device, inode): sha256} for every file, from the cache or hashed now; errors by path."""
+        """{(device, inode): sha256} for every readable file, from the cache or hashed now."""
         cache = hashcache.load_all()
         shas, todo, per_key = {}, {}, {}
         cached_files = cached_bytes = 0
@@ -190,7 +195,7 @@ class Scanner:
                 todo[f.key] = f
         self._advance(files=cached_files, nbytes=cached_bytes)
         self._hash_started = time.monotonic()
-        errors_by_path, fresh = {}, []
+        fresh = []
         by_path = {f.path: f for f in todo.values()}
         results = hashing.hash_many(list(by_path.values()), self.config["hash_threads"],
                                     on_bytes=lambda n: self._advance(nbytes=n), stop=self.stop_event)
@@ -200,40 +205,45 @@ class Scanner:
                 shas[f.key] = sha
                 fresh.append((f.device, f.inode, f.size, f.mtime_ns, sha))
             else:
-                errors_by_path[path] = error
                 with self._progress_lock:
                     self._status["errors"].append({"path": path, "error": f"cannot read: {error}"})
             self._advance(files=per_key[f.key])
         hashcache.store(fresh)
         self._set(hashed=len(fresh))
-        return shas, errors_by_path
+        return shas
 
-    def _compare(self, found, entries, shas, errors_by_path):
-        """Entries to write (new, changed, reappeared), the paths seen, and unchanged unknown entries to retry."""
-        dirty, seen, retry = [], set(), []
+    def _compare(self, found, index, shas, unknown):
+        """Entries to write (new, changed, reappeared) and unchanged unknown entries worth another try.
+
+        Only those are loaded whole: an unchanged file costs a tuple compare, no query, no write.
+        """
+        todo, retry_ids = [], []  # todo: (known entry or None, Found, sha256)
         new = changed = 0
         for f in found:
-            seen.add(f.path)
             sha = shas.get(f.key)
-            row = entries.get(f.path)
-            if row is None:
-                row = entries[f.path] = LibraryEntry(path=f.path, root=f.root, source="unknown")
+            known = index.get(f.path)
+            if known is None:
                 new += 1
-            elif (row.size, row.mtime_ns, row.device, row.inode) != (f.size, f.mtime_ns, f.device, f.inode):
+            elif (known.size, known.mtime_ns, known.device, known.inode) != (f.size, f.mtime_ns, f.device, f.inode):
                 changed += 1
-            elif not row.missing and row.sha256 == sha:
-                if sha and not row.version_id:
-                    retry.append(row)  # a sidecar may have appeared, or the negative cache expired
-                continue  # unchanged: no write (a rescan of 20,000 files must not rewrite 20,000 rows)
+            elif not known.missing and known.sha256 == sha:
+                if sha and not known.version_id and (f.sidecars or sha not in unknown):
+                    retry_ids.append(known.id)  # a sidecar lies beside it, or its week as unknown is over
+                continue
+            todo.append((known, f, sha))
+        rows = store.load_rows([known.id for known, _, _ in todo if known] + retry_ids)
+        dirty = []
+        for known, f, sha in todo:
+            row = rows[known.id] if known else LibraryEntry(path=f.path, root=f.root, source="unknown")
             if row.sha256 != sha:
                 clear_identity(row)
             row.root, row.size, row.device, row.inode, row.mtime_ns = f.root, f.size, f.device, f.inode, f.mtime_ns
             row.sha256, row.missing = sha, False
             dirty.append(row)
         self._set(new=new, changed=changed)
-        return dirty, seen, retry
+        return dirty, [rows[i] for i in retry_ids]
 
-    def _identify(self, dirty, entries, identifier):
+    def _identify(self, dirty, identifier, unknown):
         """Identify rows: our downloads, sidecars, twins in the library, then Civitai in bulk."""
         pending = [row for row in dirty if row.sha256 and not row.version_id]
         if not pending:
@@ -246,7 +256,7 @@ class Scanner:
                                                  & (Download.state == Status.COMPLETED.value)
                                                  & Download.version_id.is_null(False)):
                     downloads.setdefault(d.sha256, d)
-        twins = {row.sha256: row for row in entries.values() if row.version_id and row.sha256 and row.civitai_info}
+        twins = store.twins(shas)
         ask = []
         for row in pending:
             d = downloads.get(row.sha256)
@@ -257,11 +267,10 @@ class Scanner:
                 continue
             twin = twins.get(row.sha256)
             if twin is not None:
-                apply_version(row, json.loads(twin.civitai_info), twin.source)
+                apply_version(row, json.loads(twin[0]), twin[1])
                 continue
             ask.append(row)
-        fresh = fresh_unknowns(row.sha256 for row in ask)
-        ask_hashes = {row.sha256 for row in ask if row.sha256 not in fresh}
+        ask_hashes = {row.sha256 for row in ask if row.sha256 not in unknown}
         known, asked = identifier.known_ids(ask_hashes) if ask_hashes else ({}, set())
         remember_unknown(asked - set(known), known=known)
         for row in ask:

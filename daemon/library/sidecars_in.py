@@ -108,6 +108,9 @@ KINDS = ((".civitai.info", "civitai.info", _civitai_info, True), (".cm-info.json
          (".metadata.json", "metadata.json", _lm_metadata, True), (".sha256", "sha256", _sha256_file, False))
 
 
+SUFFIXES = tuple(suffix for suffix, *_ in KINDS)
+
+
 def read(model_path):
     """Every readable sidecar of a model file (unreadable or malformed ones are skipped)."""
     stem = stem_of(model_path)
@@ -135,4 +138,4 @@ def read(model_path):
 
 def has_any(model_path):
     stem = stem_of(model_path)
-    return any(os.path.exists(stem + suffix) for suffix, *_ in KINDS)
+    return any(os.path.exists(stem + suffix) for suffix in SUFFIXES)

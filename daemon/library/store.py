@@ -1,4 +1,6 @@
 """The library table: entries in and out, the API's shape, filters and counts."""
+from typing import NamedTuple
+
 import peewee
 
 from ..errors import NotFound
@@ -24,10 +26,51 @@ def entry_dict(row):
             "nsfw_level": nsfw_level(row.civitai_info)}
 
 
-def load_all():
-    """{path: LibraryEntry} for every entry (one query: a rescan of 20,000 files compares in memory)."""
+class Known(NamedTuple):
+    """What a rescan compares of an entry (no names, no version JSON: 20,000 of these per rescan)."""
+    id: int
+    size: int
+    mtime_ns: int
+    device: int
+    inode: int
+    sha256: str
+    version_id: int
+    missing: bool
+
+
+def load_index():
+    """{path: Known} for every entry: one plain query, so a rescan of 20,000 files compares in memory."""
     with db.connection_context():
-        return {row.path: row for row in LibraryEntry.select()}
+        cursor = db.execute_sql('SELECT "path", "id", "size", "mtime_ns", "device", "inode", "sha256", '
+                                '"version_id", "missing" FROM "library"')
+        return {path: Known(i, size, mtime, dev, ino, sha, version, bool(missing))
+                for path, i, size, mtime, dev, ino, sha, version, missing in cursor.fetchall()}
+
+
+def load_rows(ids):
+    """{id: LibraryEntry} for the entries a scan is about to change."""
+    ids = list(ids)
+    rows = {}
+    with db.connection_context():
+        for start in range(0, len(ids), CHUNK):
+            rows.update((row.id, row) for row in LibraryEntry.select().where(
+                LibraryEntry.id.in_(ids[start:start + CHUNK])))
+    return rows
+
+
+def twins(shas):
+    """{sha256: (version JSON text, source)} of identified entries with these hashes."""
+    shas = list(set(shas))
+    found = {}
+    with db.connection_context():
+        for start in range(0, len(shas), CHUNK):
+            for sha, info, source in (LibraryEntry.select(LibraryEntry.sha256, LibraryEntry.civitai_info,
+                                                          LibraryEntry.source)
+                                      .where(LibraryEntry.sha256.in_(shas[start:start + CHUNK])
+                                             & LibraryEntry.version_id.is_null(False)
+                                             & LibraryEntry.civitai_info.is_null(False)).tuples()):
+                found.setdefault(sha, (info, source))
+    return found
 
 
 def save(rows):

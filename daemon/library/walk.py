@@ -1,14 +1,17 @@
 """Find model files under the library roots: each real folder once, no loops, no writes."""
-import dataclasses
+import operator
 import os
 import stat
+from typing import NamedTuple
+
+from .sidecars_in import SUFFIXES, has_any
 
 SKIP_DIRS = frozenset((".replaced", ".quarantine"))
 PART_SUFFIX = ".part"
+_NAME = operator.attrgetter("name")
 
 
-@dataclasses.dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):  # a tuple: 20,000 of them are made per rescan
     path: str
     root: str
     device: int
@@ -16,10 +19,20 @@ class Found:
     size: int
     mtime_ns: int
     linked: bool = False  # reached through a symlink: the hasher may follow it (and checks the inode)
+    sidecars: bool = False  # a peer's sidecar lies beside it (seen in the folder listing: no extra stat)
 
     @property
     def key(self):
         return (self.device, self.inode)
+
+
+def _sidecar_stems(names):
+    """The stems that have a sidecar among a folder's names (one pass; most folders have none)."""
+    stems = set()
+    for name in names:
+        if name.endswith(SUFFIXES):
+            stems.update(name[:-len(s)] for s in SUFFIXES if name.endswith(s))
+    return stems
 
 
 def is_model_name(name, extensions):
@@ -47,8 +60,11 @@ def walk(starts, extensions, errors):
             continue
         if not stat.S_ISDIR(info.st_mode):
             if is_model_name(os.path.basename(start), extensions):
-                yield from _file(errors, str(start), str(root), info, os.path.islink(start))
+                found = _file(errors, str(start), str(root), info, os.path.islink(start), has_any(str(start)))
+                if found:
+                    yield found
             continue
+        root = str(root)
         stack = [str(start)]
         while stack:
             folder = stack.pop()
@@ -62,10 +78,11 @@ def walk(starts, extensions, errors):
             seen.add((info.st_dev, info.st_ino))
             try:
                 with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                    entries = sorted(it, key=_NAME)
             except OSError as exc:
                 _error(errors, folder, exc)
                 continue
+            stems = _sidecar_stems(entry.name for entry in entries)
             for entry in entries:
                 try:
                     is_dir = entry.is_dir()  # follows symlinks; a dangling or looping link is neither
@@ -83,16 +100,19 @@ def walk(starts, extensions, errors):
                 except OSError as exc:
                     _error(errors, entry.path, exc)
                     continue
-                yield from _file(errors, entry.path, str(root), info, linked)
+                found = _file(errors, entry.path, root, info, linked,
+                              bool(stems) and entry.name.rsplit(".", 1)[0] in stems)
+                if found:
+                    yield found
 
 
-def _file(errors, path, root, info, linked):
-    """The Found for a model-named file, or its error when it is no regular file (never opened: a FIFO
-    would block the reader)."""
+def _file(errors, path, root, info, linked, sidecars):
+    """The Found for a model-named file, or None and its error when it is no regular file (never opened: a
+    FIFO would block the reader)."""
     if stat.S_ISREG(info.st_mode):
-        yield Found(path, root, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, linked)
-    else:
-        errors.append({"path": path, "error": "not a regular file (a FIFO, socket or device); skipped"})
+        return Found(path, root, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, linked, sidecars)
+    errors.append({"path": path, "error": "not a regular file (a FIFO, socket or device); skipped"})
+    return None
 
 
 def starts_for(roots, paths):
