@@ -300,8 +300,8 @@ class WorkerPool:
         except DaemonError as exc:
             return Outcome.failed(str(exc))
         duration = time.monotonic() - started
-        civitai_info = self.queue.get(row.id).civitai_info
-        if self.settings.sidecars and civitai_info:
+        civitai_info = self.queue.get(row.id).civitai_info if self.settings.sidecars else None
+        if civitai_info:
             sidecars.write_missing(result.path, civitai_info, self.settings)
         how = "already in place" if result.existed else f"{result.bytes / max(duration, 1e-6) / 1e6:.1f} MB/s"
         return Outcome.completed(f"{result.path} ({how}, sha256 {result.sha256}"
