@@ -33,7 +33,7 @@ class Pipeline:
         # A body that fits one hand-over gains nothing from overlap: it is written here, without a
         # thread started and joined per download (small files in a burst, bench ingest).
         self._inline = size is not None and size <= FILL
-        self._writeback = Writeback(fd) if self._inline else None
+        self._writeback = _NoWriteback() if self._inline else None  # the fsync right after writes it all
         self._thread = None
         if not self._inline:
             self._thread = threading.Thread(target=self._write_loop, name=name, daemon=True)
@@ -93,3 +93,13 @@ class Pipeline:
             self.written += count
         except BaseException as exc:  # noqa: BLE001 - handed to the receiver
             self.error = exc
+
+
+class _NoWriteback:
+    """Writeback for a body written inline: nothing to start early, the caller's fsync follows at once."""
+
+    def wrote(self, offset, n):
+        pass
+
+    def flush(self):
+        pass

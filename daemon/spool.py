@@ -62,8 +62,10 @@ class Spool:
             if claimed is None:
                 return None  # gone: another daemon sharing this inbox took it
             record = self._take(claimed, path.name, items, problems)
-        if record is not None and not problems:
-            self.maybe_finish(record.id)  # a workflow whose models are all present (or unresolvable) ends at once
+        # A workflow whose models are all present (or unresolvable) ends at once; any other manifest
+        # ends with its last item's worker (no count query per manifest for nothing).
+        if record is not None and not problems and all(item.present or item.error for item in items or ()):
+            self.maybe_finish(record.id)
         return record
 
     def _take(self, claimed, name, items, problems):

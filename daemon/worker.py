@@ -252,7 +252,7 @@ class WorkerPool:
     # -- stage 2: fetch -------------------------------------------------------------
     def _fetch(self, row, job):
         """Fetch the job's file through the gate; the Outcome says how it went."""
-        last_write = [0.0]
+        last_write = [time.monotonic()]  # the first bytes reach the row after a second (a small file's never)
 
         def on_name(filename, total):
             self.queue.update(row.id, filename=filename, path=str(job.folder / filename), total=total)
