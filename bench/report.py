@@ -93,9 +93,18 @@ def capped_rows(s, p, rows):
                          f"`aria2c -x4 -s4`: {fmt_range(s['aria_rss'], 'MiB', 1, 1 / MiB)}"))
 
 
+def _connections(seen):
+    """How many connections a throttled download used (segmented or not), as a label suffix."""
+    seen = sorted({n for n in seen or () if n})
+    if not seen:
+        return ""
+    text = "/".join(str(n) for n in seen)
+    return f" ({text} connection{'s' if seen != [1] else ''}{', segmented' if max(seen) > 1 else ''})"
+
+
 def throttle_rows(s, p, rows):
     cap = s["cap"]
-    label = f"throttle \"{p['thr_rate']}\", {s['size'] / MiB:.0f} MiB"
+    label = f"throttle \"{p['thr_rate']}\", {s['size'] / MiB:.0f} MiB{_connections(s.get('daemon_connections'))}"
     lo, hi = TARGETS["throttle_steady"]
     steady = [v / cap for v in s["daemon_steady"] if v]
     m = med(steady)[0]
@@ -112,7 +121,7 @@ def throttle_rows(s, p, rows):
         agg = [v / cap for v in s["shared_steady"]]
         share = s["shared_share"]
         (lo, hi), goal = TARGETS["shared_sum"], TARGETS["shared_share"]
-        rows.append((f"throttle shared by 2 × {p['thr_shared'] / MiB:.0f} MiB",
+        rows.append((f"throttle shared by 2 × {p['thr_shared'] / MiB:.0f} MiB{_connections(s.get('shared_connections'))}",
                      f"sum {fmt_range(agg, '× cap', 3)}; smaller share {fmt_range(share, '', 3)}",
                      f"average {fmt_range([v / cap for v in s['shared_avg']], '× cap', 3)}", "–",
                      f"sum {lo}–{hi}, share ≥ {goal}", ok(lo <= med(agg)[0] <= hi and med(share)[0] >= goal)))

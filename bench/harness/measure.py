@@ -1,4 +1,5 @@
 """Measuring: medians and ranges, machine load, settling between runs, child processes' wall/CPU/RSS, samplers."""
+import glob
 import math
 import os
 import statistics
@@ -182,27 +183,38 @@ class PeakRss:
 
 
 class SizeSampler(threading.Thread):
-    """Samples the size of files (first existing path of each candidate list) every 10 ms."""
+    """Samples the bytes on disk of files every 10 ms: per file the first candidate that exists (a path,
+    or a glob pattern such as the daemon's `<name>.<download id>.part`).
+
+    Bytes on disk are min(size, allocated blocks): a segmented download writes its part out of
+    order, so its size jumps to the furthest segment's end while its allocated blocks (ext4 counts
+    delayed-allocation blocks too) grow with the bytes written.
+    """
 
     def __init__(self, candidates, interval=0.01):
         super().__init__(daemon=True)
         self.candidates, self.interval = candidates, interval
-        self.samples = [[] for _ in candidates]   # per file: (t, size)
+        self.samples = [[] for _ in candidates]   # per file: (t, bytes)
         self.halt = threading.Event()
 
     def run(self):
         while not self.halt.is_set():
             t = time.perf_counter()
             for paths, samples in zip(self.candidates, self.samples):
-                size = 0
-                for path in paths:
-                    try:
-                        size = os.stat(path).st_size
-                        break
-                    except OSError:
-                        continue
-                samples.append((t, size))
+                samples.append((t, self._bytes(paths)))
             self.halt.wait(self.interval)
+
+    @staticmethod
+    def _bytes(paths):
+        for path in paths:
+            found = sorted(glob.glob(str(path))) if any(c in str(path) for c in "*?[") else [path]
+            for one in found:
+                try:
+                    st = os.stat(one)
+                except OSError:
+                    continue
+                return min(st.st_size, st.st_blocks * 512)
+        return 0
 
 
 def steady_rate(samples, total, skip=1.0):
