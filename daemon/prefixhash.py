@@ -11,7 +11,7 @@ import threading
 
 from .segments import RangeSet
 
-PREAD_SIZE = 4 << 20
+PREAD_SIZE = 1 << 20  # one buffer per hasher, reused (only one thread hashes at a time)
 
 
 class PrefixHasher:
@@ -25,6 +25,7 @@ class PrefixHasher:
         self._lock = threading.Lock()
         self._busy = False
         self.reread = 0                  # bytes hashed from the page cache (for the bench notes)
+        self._buffer = None
 
     def feed(self, start, view):
         """`view` was just written at `start`; hash what the prefix can take now."""
@@ -63,14 +64,17 @@ class PrefixHasher:
         return stop
 
     def _hash_from_disk(self, begin, end):
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(PREAD_SIZE))
         pos = begin
         while pos < end:
-            block = os.pread(self.fd, min(PREAD_SIZE, end - pos), pos)
-            if not block:
+            view = self._buffer[:min(PREAD_SIZE, end - pos)]
+            got = os.preadv(self.fd, [view], pos)  # into the one buffer: no allocation per block
+            if not got:
                 raise OSError(f"the part file ends at byte {pos}, expected data up to {end}")
-            self.hasher.update(block)
-            pos += len(block)
-            self.reread += len(block)
+            self.hasher.update(view[:got])
+            pos += got
+            self.reread += got
 
     def hexdigest(self):
         return self.hasher.hexdigest()

@@ -14,6 +14,14 @@ from pathlib import Path
 from .filenames import fit_name
 
 STEAL_ETA = 2.0  # a busy segment is split only when its own rate needs longer than this to finish it
+# A big download is cut into pieces of about PIECE bytes, up to PIECES_PER_CONNECTION per
+# connection, claimed in file order. The SHA-256 can only take the contiguous prefix: with one
+# segment per connection the prefix grew at one connection's rate and three quarters of the file
+# were hashed after the last byte came (bench/RESULTS.md, issue 15 profile). Pieces in order keep
+# the prefix close behind the newest byte. A piece costs a new request (and on a CDN a TLS
+# handshake), so no piece is cut below PIECE for ordering's sake.
+PIECE = 64 << 20
+PIECES_PER_CONNECTION = 4
 
 
 class RangeSet:
@@ -106,7 +114,7 @@ class Planner:
     """
 
     def __init__(self, size, have, connections, segment_min, first_end=None, clock=time.monotonic,
-                 steal_eta=STEAL_ETA):
+                 steal_eta=STEAL_ETA, per_connection=PIECES_PER_CONNECTION):
         self.clock = clock
         self.steal_eta = steal_eta
         self.size = size
@@ -114,14 +122,15 @@ class Planner:
         self._lock = threading.Lock()
         self.have = RangeSet(have.spans if isinstance(have, RangeSet) else have)
         gaps = self.have.gaps(size)
+        piece = piece_size(sum(b - a for a, b in gaps), connections, self.segment_min, per_connection)
         first = []
         if first_end is not None and gaps and gaps[0][0] < first_end < gaps[0][1]:
             # The first request already asked for [gap start, first_end): that piece is fixed.
             first = [gaps[0][:1] + (first_end,)]
             gaps[0] = (first_end, gaps[0][1])
-            connections -= 1
-        pieces = first + _split_evenly(gaps, connections, self.segment_min)
+        pieces = first + _cut(gaps, piece)
         self.segments = [Segment(a, b) for a, b in pieces]
+        self.claims = 0  # segments handed out (a released one claimed again counts twice)
 
     def claim(self, owner, first=None):
         """The next segment for `owner`: the one starting at `first` if given, else an unclaimed one,
@@ -147,6 +156,7 @@ class Planner:
             return self._give(stolen, owner, now)
 
     def _give(self, seg, owner, now):
+        self.claims += 1
         seg.owner, seg.claimed_at, seg.claimed_pos = owner, now, seg.pos
         return seg
 
@@ -202,10 +212,10 @@ class Planner:
             return sum(1 for s in self.segments if s.owner is not None)
 
 
-def first_request_end(size, have, connections, segment_min):
-    """Where the first request of a segmented download should stop (its segment of an even split),
-    or None when the download is not worth splitting. A bounded first request is never cut short,
-    so no byte it carried is fetched again."""
+def first_request_end(size, have, connections, segment_min, per_connection=PIECES_PER_CONNECTION):
+    """Where the first request of a segmented download should stop (the end of the plan's first
+    piece), or None when the download is not worth splitting. A bounded first request is never cut
+    short, so no byte it carried is fetched again."""
     gaps = RangeSet(have).gaps(size) if not isinstance(have, RangeSet) else have.gaps(size)
     if not gaps:
         return None
@@ -213,22 +223,30 @@ def first_request_end(size, have, connections, segment_min):
     left = sum(b - a for a, b in gaps)
     if connections <= 1 or left < 2 * segment_min:
         return end if len(gaps) > 1 else None  # holes from an earlier run: stop at the first one
-    return min(end, start + max(segment_min, left // connections))
+    return _cut([(start, end)], piece_size(left, connections, segment_min, per_connection))[0][1]
 
 
-def _split_evenly(gaps, connections, segment_min):
-    """Cut the gaps into about `connections` equal pieces, none shorter than segment_min (unless a gap is)."""
-    counts = [1] * len(gaps)
-    while sum(counts) < connections:
-        best = max(range(len(gaps)), key=lambda i: (gaps[i][1] - gaps[i][0]) / counts[i], default=None)
-        if best is None or (gaps[best][1] - gaps[best][0]) // (counts[best] + 1) < segment_min:
-            break
-        counts[best] += 1
+def piece_size(left, connections, segment_min, per_connection=PIECES_PER_CONNECTION):
+    """The length segments are cut to: one per connection while that is at most PIECE, else pieces of
+    at least PIECE, about `per_connection` per connection; never under segment_min."""
+    if connections <= 1:
+        return max(left, 1)
+    even = left // connections  # floor: cutting by it gives at least `connections` pieces
+    if even <= PIECE:
+        return max(segment_min, even)
+    return max(segment_min, PIECE, left // (connections * per_connection))
+
+
+def _cut(gaps, piece):
+    """Each gap in equal pieces of at least `piece` bytes (a shorter gap stays whole)."""
     pieces = []
-    for (a, b), k in zip(gaps, counts):
+    for a, b in gaps:
+        k = max(1, (b - a) // piece)
         cuts = [a + (b - a) * i // k for i in range(k)] + [b]
         pieces += list(zip(cuts, cuts[1:]))
     return pieces
+
+
 # -- the completed ranges beside the part -------------------------------------------
 
 def ranges_path(part):

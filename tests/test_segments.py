@@ -23,12 +23,27 @@ def test_rangeset_merges_and_reports_gaps():
 
 
 def test_plan_splits_into_connections_of_at_least_segment_min():
-    p = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB)
-    assert [(s.start, s.end) for s in p.segments] == [(i * 256 * MiB, (i + 1) * 256 * MiB) for i in range(4)]
+    p = Planner(256 * MiB, RangeSet(), 4, 16 * MiB)  # one piece per connection while that is at most 64 MiB
+    assert [(s.start, s.end) for s in p.segments] == [(i * 64 * MiB, (i + 1) * 64 * MiB) for i in range(4)]
     small = Planner(100 * MiB, RangeSet(), 4, 64 * MiB)  # two 64 MiB pieces do not fit: one segment
     assert len(small.segments) == 1
     two = Planner(130 * MiB, RangeSet(), 4, 64 * MiB)
     assert len(two.segments) == 2 and all(s.end - s.start >= 64 * MiB for s in two.segments)
+    assert len(Planner(16 * MiB + 3, RangeSet(), 4, 1 * MiB).segments) == 4  # an odd size still gives four
+
+
+def test_a_big_file_is_cut_in_64_mib_pieces_claimed_in_file_order():
+    p = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB)  # four pieces per connection
+    assert [(s.start, s.end) for s in p.segments] == [(i * 64 * MiB, (i + 1) * 64 * MiB) for i in range(16)]
+    claimed = [p.claim(c) for c in "ABCD"]
+    assert [s.start for s in claimed] == [0, 64 * MiB, 128 * MiB, 192 * MiB]  # the lowest free pieces
+    p.advance(claimed[1], 64 * MiB)
+    p.release(claimed[1])
+    assert p.claim("B").start == 256 * MiB  # a finished connection takes the next piece in order
+    assert len(Planner(100 * 1024 * MiB, RangeSet(), 4, 64 * MiB).segments) == 16  # 100 GiB: 16, not 1,600
+    assert len(Planner(1024 * MiB + 15, RangeSet(), 4, 64 * MiB).segments) == 16
+    assert len(Planner(1024 * MiB, RangeSet(), 4, 512 * MiB).segments) == 2  # never under segment_min
+    assert [(s.start, s.end) for s in Planner(1024 * MiB, RangeSet(), 1, 64 * MiB).segments] == [(0, 1024 * MiB)]
 
 
 def test_plan_covers_only_the_gaps_of_a_resumed_part():
@@ -144,16 +159,22 @@ def test_prefix_hasher_resumes_with_ranges_already_on_disk(tmp_path):
         os.close(fd)
 
 
-def test_first_request_end_is_the_first_piece_of_an_even_split():
+def test_first_request_end_is_the_first_piece_of_the_plan():
     from daemon.segments import first_request_end
-    assert first_request_end(1024 * MiB, RangeSet(), 4, 64 * MiB) == 256 * MiB
+    assert first_request_end(1024 * MiB, RangeSet(), 4, 64 * MiB) == 64 * MiB
+    assert first_request_end(256 * MiB, RangeSet(), 4, 16 * MiB) == 64 * MiB
+    end = first_request_end(200 * MiB, RangeSet(), 4, 64 * MiB)  # three pieces of 66.7 MiB
+    plan = Planner(200 * MiB, RangeSet(), 4, 64 * MiB, first_end=end)
+    assert [(s.start, s.end) for s in plan.segments] == [(i * 200 * MiB // 3, (i + 1) * 200 * MiB // 3) for i in range(3)]
     assert first_request_end(100 * MiB, RangeSet(), 4, 64 * MiB) is None  # too small to split
     assert first_request_end(1024 * MiB, RangeSet(), 1, 64 * MiB) is None  # connections: 1
     holes = RangeSet([(0, 10 * MiB), (20 * MiB, 30 * MiB)])
     assert first_request_end(40 * MiB, holes, 4, 64 * MiB) == 20 * MiB  # a resumed part stops at its next range
-    p = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB, first_end=256 * MiB)
-    assert [(s.start, s.end) for s in p.segments] == [(i * 256 * MiB, (i + 1) * 256 * MiB) for i in range(4)]
-    assert RangeSet((s.start, s.end) for s in p.segments).spans == [(0, 1024 * MiB)]
+    p = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB, first_end=64 * MiB)
+    assert [(s.start, s.end) for s in p.segments] == [(i * 64 * MiB, (i + 1) * 64 * MiB) for i in range(16)]
+    odd = Planner(1024 * MiB, RangeSet(), 4, 64 * MiB, first_end=256 * MiB)  # an earlier run's bounded request
+    assert odd.segments[0].end == 256 * MiB and all(s.end - s.start >= 64 * MiB for s in odd.segments)
+    assert RangeSet((s.start, s.end) for s in odd.segments).spans == [(0, 1024 * MiB)]
 
 
 def test_pipeline_hashes_and_writes_in_order_behind_the_receiver(tmp_path):
