@@ -117,6 +117,11 @@ def param():
     return db.obj.param
 
 
+def hand_sql(text):
+    """Hand-written SQL with "?" placeholders in the engine's own style."""
+    return text if param() == "?" else text.replace("?", param())
+
+
 class _Proxy(peewee.DatabaseProxy):
     """The engine chosen at open; its own connection_context (kept connections), not the proxy's."""
     __slots__ = peewee.DatabaseProxy.__slots__  # Proxy checks names against the class's own list

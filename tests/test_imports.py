@@ -43,7 +43,10 @@ def test_pure_modules_import_only_pure_modules():
 
 
 def test_queue_knows_only_models_states_events_and_errors():
-    assert _imports(PACKAGE / "queue.py") <= QUEUE_ALLOWED, _imports(PACKAGE / "queue.py") - QUEUE_ALLOWED
+    # enqueue.py is the queue's other half (new rows for items), split off for size: same rule for both.
+    for module, allowed in (("queue", QUEUE_ALLOWED | {"enqueue"}), ("enqueue", QUEUE_ALLOWED)):
+        found = _imports(PACKAGE / f"{module}.py")
+        assert found <= allowed, (module, found - allowed)
 
 
 def test_web_never_reaches_workers_watcher_or_fetch():
