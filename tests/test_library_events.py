@@ -80,6 +80,7 @@ def test_scan_progress_is_at_most_four_a_second_and_the_done_event_always_arrive
 
 
 def test_completed_downloads_join_the_library_on_both_engines(core, fake):
+    from daemon.library import store
     from daemon.library.adopt import Adopter
     from daemon.models import LibraryEntry, db
     parts = core()
@@ -121,6 +122,12 @@ def test_completed_downloads_join_the_library_on_both_engines(core, fake):
         assert LibraryEntry.select().count() == 4
     assert (again.id, again.source, again.version_id) == (civitai.id, "downloaded", 50)
     assert again.first_seen.replace(tzinfo=datetime.timezone.utc) == old
+
+    # A scan that found the file before the adopter wrote it does not fail on the path: the adopter's entry stays.
+    store.save([LibraryEntry(path=civitai.path, root=civitai.root, sha256=civitai.sha256, source="unknown")])
+    with db.connection_context():
+        kept = LibraryEntry.get(LibraryEntry.path == civitai.path)
+    assert (kept.id, kept.source, kept.version_id) == (civitai.id, "downloaded", 50)
 
 
 def test_unknown_files_are_identified_by_a_sidecar_or_a_download_that_appears_later(fake, make_daemon, tmp_path):

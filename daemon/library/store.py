@@ -80,8 +80,9 @@ def save(rows):
     with db.connection_context():
         with db.atomic():
             for start in range(0, len(new), CHUNK):
+                # a path the adopter wrote since the scan loaded its index keeps the adopter's entry
                 LibraryEntry.insert_many([{f: getattr(r, f if f != "download" else "download_id") for f in FIELDS}
-                                          for r in new[start:start + CHUNK]]).execute()
+                                          for r in new[start:start + CHUNK]]).on_conflict_ignore().execute()
             for row in old:
                 row.save()
 
