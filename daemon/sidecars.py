@@ -13,7 +13,7 @@ import requests
 
 from . import http
 from .civitai import preview_image
-from .gate import write_new
+from .atomic import write_new
 
 log = logging.getLogger("daemon.sidecars")
 

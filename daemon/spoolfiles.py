@@ -9,7 +9,7 @@ import re
 import shutil
 import uuid
 
-from .gate import write_new
+from .atomic import write_new
 
 
 def is_manifest_name(name):

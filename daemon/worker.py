@@ -16,12 +16,13 @@ from pathlib import Path
 
 from . import events, sidecars
 from .library import dedupe
+from .atomic import copy_new
 from .errors import Cancelled, DaemonError, EarlyAccess, HashMismatch, PartBusy, PermanentError, TransientError
 from .fetch import Job
 from .filenames import is_civitai_page as _is_civitai_page
-from .gate import copy_new, drop_leftover_parts, remove_part
 from .models import utcnow
 from .outcome import Outcome, until as _until
+from .parts import drop_leftover_parts, remove_part
 from .states import ENDED, Status
 
 log = logging.getLogger("daemon.worker")

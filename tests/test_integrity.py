@@ -18,7 +18,7 @@ import requests
 
 from conftest import sha, wait_for
 from fakeciv import FakeCivitai
-from daemon import civitai, fetch as fetch_mod, filenames, gate, http, sidecars
+from daemon import civitai, fetch as fetch_mod, filenames, http, parts, sidecars
 from daemon.errors import Cancelled, DaemonError, DiskFull, ManifestError, PermanentError, TransientError
 from daemon.manifest import parse_manifest
 from daemon.throttle import Throttle
@@ -188,7 +188,7 @@ def test_publication_links_the_file_it_hashed(tmp_path, fake, streams):
     outcome = {}
     work = threading.Thread(target=lambda: outcome.update(r=get.fetch(job(1, blob["url"], folder, "w.bin"))))
     work.start()
-    part = gate.part_path(folder, "w.bin", 1)
+    part = parts.part_path(folder, "w.bin", 1)
     wait_for(lambda: part.exists() and part.stat().st_size > 100_000, 20, message="part growing")
     with open(part, "ab") as intruder:
         intruder.write(b"spliced in by someone else")
