@@ -135,6 +135,10 @@ class Adopter:
     def _entries(paths):
         rows = {}
         for start in range(0, len(paths), CHUNK):
-            rows.update((row.path, row) for row in LibraryEntry.select().where(
-                LibraryEntry.path.in_(paths[start:start + CHUNK])))
+            chunk = paths[start:start + CHUNK]
+            # Hand-written (the batch's one read of existing entries; peewee's query building was 7 % of a
+            # 1,000-download burst's Python, bench ingest): fresh downloads find none and hydrate nothing.
+            rows.update((row.path, row) for row in LibraryEntry.raw(
+                f'SELECT * FROM "{LibraryEntry._meta.table_name}" WHERE "path" IN ({", ".join([param()] * len(chunk))})',
+                *chunk))
         return rows
