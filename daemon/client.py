@@ -14,7 +14,7 @@ import requests
 from .errors import ConfigError
 from .http import new_session
 from .scan_cli import cmd_scan
-from .settings import load
+from .config import load
 from .states import ACTIONS, Status
 
 TIMEOUT = 10

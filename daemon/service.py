@@ -24,7 +24,7 @@ import gevent.socket
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from . import __version__, http, logs, models, sdnotify, settings as settings_mod
+from . import __version__, config, http, logs, models, sdnotify
 from .civitai import CivitaiClient, Resolver
 from .errors import ConfigError
 from .events import Bus
@@ -38,6 +38,7 @@ from .notify import Notifier
 from .progress import Progress
 from .queue import Queue
 from .redact import Sealer
+from .settings import is_postgres_url
 from .spool import Spool
 from .states import ACTION_SOURCES, ACTIONS, Status
 from .throttle import Throttle
@@ -90,7 +91,7 @@ def choose_socket(settings):
                 raise ConfigError(f"host {settings.host!r} is not an address of this machine; fix 'host' in "
                                   f"{settings.config_path}") from None
             continue
-        settings_mod.write_active_port(settings.config_path, port)
+        config.write_active_port(settings.config_path, port)
         settings.active_port = port
         return sock
     raise ConfigError("no free port in 8100-8200; set active_port in config.yaml to a free port")
@@ -103,7 +104,7 @@ def build_core(settings, sleep=None):
     settings.node = settings.node or socket.gethostname()  # fleet mode: the default name of this daemon
     # A fleet's daemons share the key that seals URL secrets through the shared download_dir (a file
     # beside the database is impossible there; the key must not live in the database it protects).
-    shared = settings_mod.is_postgres_url(str(settings.database))
+    shared = is_postgres_url(str(settings.database))
     key_base = settings.download_dir / ".fleet" if shared else settings.database
     if shared:
         settings.download_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +262,7 @@ class Daemon:
 def run(config_path):
     """Start the daemon in the foreground; returns the exit code."""
     try:
-        settings = settings_mod.load(config_path)
+        settings = config.load(config_path)
         daemon = Daemon(settings)
         daemon.build()
     except ConfigError as exc:

@@ -265,7 +265,7 @@ def sleeps():
 def core(tmp_path, fake, database, recorder, sleeps):
     """Factory: core(**config) → the daemon's download parts in this process (service.build_core),
     against the fake Civitai; `recorder` sees every event; retries wait through `sleeps`."""
-    from daemon import service, settings as settings_mod
+    from daemon import config as config_mod, service
 
     def factory(**config):
         base = {"civitai_base_url": fake.base_url, "backoff": 0.05, "backoff_max": 0.5, "timeout": 5,
@@ -273,7 +273,7 @@ def core(tmp_path, fake, database, recorder, sleeps):
         base.update(config)
         path = tmp_path / "config.yaml"
         path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in base.items()))
-        settings = settings_mod.load(path)
+        settings = config_mod.load(path)
         parts = service.build_core(settings, sleep=sleeps)
         parts.settings = settings
         parts.bus.subscribe(recorder)

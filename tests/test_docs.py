@@ -5,7 +5,8 @@ from pathlib import Path
 
 from daemon.events import CATALOGUE
 from daemon.manifest import ITEM_FIELDS, parse_manifest
-from daemon.settings import NESTED, SETTINGS, default_config_text, load
+from daemon.config import default_config_text, load
+from daemon.settings import NESTED, SETTINGS
 from daemon.states import ManifestStatus, Status
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,10 +1,10 @@
-"""Pure unit tests of daemon/manifest.py and daemon/settings.py."""
+"""Pure unit tests of daemon/manifest.py, daemon/settings.py and daemon/config.py."""
 import dataclasses
 import json
 
 import pytest
 
-from daemon import settings
+from daemon import config, settings
 from daemon.errors import ConfigError, ManifestError
 from daemon.manifest import (Item, civitai_ids_from_url, filename_problem, parse_air, parse_manifest,
                              sanitize_filename, subdir_problem)
@@ -167,7 +167,7 @@ def write(tmp_path, text):
 
 
 def test_defaults_when_empty_and_paths_relative_to_the_file(tmp_path):
-    loaded = settings.load(write(tmp_path, "# nothing\n"))
+    loaded = config.load(write(tmp_path, "# nothing\n"))
     assert loaded.workers == 2 and loaded.retries == 5 and loaded.timeout == 30 and loaded.throttle == 0
     assert loaded.backoff == 1 and loaded.backoff_max == 60 and loaded.active_port is None
     assert loaded.host == "127.0.0.1" and loaded.log_level == "INFO" and loaded.sidecars is True
@@ -178,10 +178,10 @@ def test_defaults_when_empty_and_paths_relative_to_the_file(tmp_path):
 
 
 def test_default_config_text_covers_every_setting_and_loads(tmp_path):
-    text = settings.default_config_text()
+    text = config.default_config_text()
     for setting in settings.SETTINGS:
         assert f"\n{setting.name}:" in text
-    loaded = settings.load(write(tmp_path, text))
+    loaded = config.load(write(tmp_path, text))
     for setting in settings.SETTINGS:
         if not setting.path and setting.name not in settings.NESTED and setting.name != "type_dirs":
             assert getattr(loaded, setting.name) == setting.check(setting.default), setting.name
@@ -189,8 +189,8 @@ def test_default_config_text_covers_every_setting_and_loads(tmp_path):
 
 def test_missing_file_is_created(tmp_path):
     path = tmp_path / "deep" / "config.yaml"
-    loaded = settings.load(path)
-    assert path.read_text() == settings.default_config_text()
+    loaded = config.load(path)
+    assert path.read_text() == config.default_config_text()
     assert loaded.workers == 2
 
 
@@ -217,7 +217,7 @@ def test_missing_file_is_created(tmp_path):
 ])
 def test_bad_values_name_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as info:
-        settings.load(write(tmp_path, text))
+        config.load(write(tmp_path, text))
     message = str(info.value)
     assert key in message
     assert "\n" not in message
@@ -225,7 +225,7 @@ def test_bad_values_name_the_key(tmp_path, text, key):
 
 def test_env_token_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("CIVITAI_API_TOKEN", "from-env")
-    loaded = settings.load(write(tmp_path, "civitai_token: from-file\n"))
+    loaded = config.load(write(tmp_path, "civitai_token: from-file\n"))
     assert loaded.civitai_token == "from-env"
     assert "from-env" in loaded.secrets()
 
@@ -240,15 +240,15 @@ def test_write_active_port_keeps_comments_and_order(tmp_path):
             "update_check:\n"
             "  time: \"05:30\"  # early\n")
     path = write(tmp_path, text)
-    settings.write_active_port(path, 8123)
+    config.write_active_port(path, 8123)
     assert path.read_text() == text.replace("active_port: null", "active_port: 8123")
-    assert settings.load(path).active_port == 8123
+    assert config.load(path).active_port == 8123
 
 
 def test_write_active_port_adds_a_missing_key(tmp_path):
     path = write(tmp_path, "# only a comment\nworkers: 1\n")
-    settings.write_active_port(path, 8150)
-    loaded = settings.load(path)
+    config.write_active_port(path, 8150)
+    loaded = config.load(path)
     assert loaded.active_port == 8150 and loaded.workers == 1
     assert path.read_text().startswith("# only a comment\nworkers: 1\n")
 
@@ -256,13 +256,13 @@ def test_write_active_port_adds_a_missing_key(tmp_path):
 @pytest.mark.parametrize("text", ["", "# only comments\n# and more\n"])
 def test_write_active_port_into_an_empty_file(tmp_path, text):
     path = write(tmp_path, text)
-    settings.write_active_port(path, 8160)
-    assert settings.load(path).active_port == 8160
+    config.write_active_port(path, 8160)
+    assert config.load(path).active_port == 8160
     assert path.read_text().startswith(text)
 
 
 def test_write_active_port_keeps_file_permissions(tmp_path):
     path = write(tmp_path, "civitai_token: secret\nactive_port: null\n")
     path.chmod(0o600)
-    settings.write_active_port(path, 8170)
+    config.write_active_port(path, 8170)
     assert path.stat().st_mode & 0o777 == 0o600
