@@ -6,7 +6,8 @@ manifest of a burst runs it, and peewee's query building cost more than SQLite's
 """
 import os
 
-from .models import Download, db, hand_sql as _sql, is_postgres, param, utcnow
+from .engines import hand_sql as _sql, is_postgres, param
+from .models import Download, db, utcnow
 from .states import Status
 
 # What a new item may attach to as a twin; a completed one only while its file is still there.

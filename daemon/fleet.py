@@ -14,7 +14,8 @@ import threading
 
 import peewee
 
-from .models import DailyRun, Download, Node, db, is_postgres, iso, utcnow
+from .engines import is_postgres
+from .models import DailyRun, Download, Node, db, iso, utcnow
 from .states import Status
 
 log = logging.getLogger("daemon.fleet")

@@ -9,7 +9,8 @@ as it always was.
 """
 import time
 
-from .models import Pace, db, is_postgres
+from .engines import is_postgres
+from .models import Pace, db
 
 
 class Pacer:

@@ -13,9 +13,10 @@ import logging
 import peewee
 
 from . import events
-from .errors import InvalidTransition, NotFound
+from .engines import hand_sql as _sql, is_postgres
 from .enqueue import insert_items
-from .models import Download, ManifestRecord, db, hand_sql as _sql, is_postgres, iso, utcnow
+from .errors import InvalidTransition, NotFound
+from .models import Download, ManifestRecord, db, iso, utcnow
 from .redact import join_url, redact_text, split_url
 from .states import ENDED, TRANSITIONS, ManifestStatus, Status, check_action, check_transition
 

@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 from . import events
-from .models import Download, LibraryEntry, ModelUpdate, db, param
+from .engines import param
+from .models import Download, LibraryEntry, ModelUpdate, db
 from .states import Status, UpdateState
 
 log = logging.getLogger("daemon.updates")

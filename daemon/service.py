@@ -24,9 +24,10 @@ import gevent.socket
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from . import __version__, config, http, logs, models, sdnotify
+from . import __version__, config, database, http, logs, models, sdnotify
 from .civitai import CivitaiClient, Resolver
 from .errors import ConfigError
+from .engines import hide_password
 from .events import Bus
 from .fetch import Fetcher
 from .fleet import Fleet
@@ -138,7 +139,7 @@ class Daemon:
     def build(self):
         s = self.settings
         logs.setup(s.logs_dir, s.log_level, s.secrets())
-        models.open_database(s.database, models.hide_password(str(s.database)))
+        database.open_database(s.database, hide_password(str(s.database)))
         self.sock = choose_socket(s)
         for folder in (s.download_dir,):
             folder.mkdir(parents=True, exist_ok=True)

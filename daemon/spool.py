@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from . import events
+from .engines import is_postgres
 from .errors import ManifestError
 from .manifest import parse_manifest
-from .models import is_postgres, iso, utcnow
+from .models import iso, utcnow
 from .spoolfiles import (CLAIM, CLAIM_PREFIX, claim_name, free_name, is_manifest_name, move_file, node_tag, place,
                          sniff_suffix, stem, write_json_atomic)
 from .states import ManifestStatus, Status

@@ -212,9 +212,9 @@ def sha(path):
 def database(request, tmp_path):
     """A fresh queue database opened as the daemon opens it: an SQLite file in tmp_path, then a fresh
     database on the session's private PostgreSQL (SPEC §14: the same tests run on both engines)."""
-    from daemon import models
+    from daemon.database import open_database
     where = tmp_path / "queue.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    db = models.open_database(where)
+    db = open_database(where)
     yield db
     db.close()
 

@@ -431,9 +431,10 @@ def test_fast_with_ten_thousand_rows(tmp_path, shared_fake):
     import datetime
 
     from daemon import models
+    from daemon.database import open_database
     home = tmp_path / "big"
     home.mkdir()
-    models.open_database(home / "completed.db")
+    open_database(home / "completed.db")
     now = datetime.datetime.now(datetime.timezone.utc)
     with models.db.atomic():
         manifest = models.ManifestRecord.create(name="big.json", status="done", items=10_000)

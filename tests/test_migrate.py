@@ -3,7 +3,7 @@ import sqlite3
 
 import peewee
 
-from daemon import models
+from daemon import database, models
 
 # The shape of the first release's tables, minus columns and tables added since.
 OLD_SCHEMA = """
@@ -30,7 +30,7 @@ def _old_file(tmp_path):
 
 def test_old_sqlite_file_gains_tables_and_columns_and_keeps_rows(tmp_path):
     path = _old_file(tmp_path)
-    db = models.open_database(path)
+    db = database.open_database(path)
     try:
         assert set(db.get_tables()) >= {m._meta.table_name for m in models.TABLES}
         for model in models.TABLES:
@@ -48,7 +48,7 @@ def test_old_sqlite_file_gains_tables_and_columns_and_keeps_rows(tmp_path):
     finally:
         db.close()
     # A second open finds nothing to do and changes nothing.
-    db = models.open_database(path)
+    db = database.open_database(path)
     try:
         assert models.Download.select().count() == 3
     finally:
@@ -57,7 +57,7 @@ def test_old_sqlite_file_gains_tables_and_columns_and_keeps_rows(tmp_path):
 
 def test_migration_adds_a_column_a_newer_model_declares(tmp_path):
     """What the next release does: a field added to a model appears in an existing database."""
-    db = models.open_database(tmp_path / "cur.db")
+    db = database.open_database(tmp_path / "cur.db")
     models.Download.create(url="https://example.com/x")
 
     class Download(models.Download):
@@ -68,7 +68,7 @@ def test_migration_adds_a_column_a_newer_model_declares(tmp_path):
             table_name = "downloads"
 
     try:
-        models.migrate_schema(db, [Download])
+        database.migrate_schema(db, [Download])
         got = Download.get()
         assert (got.url, got.node, got.lease_count) == ("https://example.com/x", None, 3)
     finally:

@@ -12,6 +12,7 @@ import pytest
 from conftest import wait_for
 
 from daemon import models
+from daemon.database import open_database
 from daemon.events import Bus
 from daemon.fleet import Fleet
 from daemon.manifest import Item
@@ -24,7 +25,7 @@ from daemon.views import Views
 
 @pytest.fixture
 def db(engine):
-    handle = models.open_database(engine)
+    handle = open_database(engine)
     yield handle
     handle.close()
 
@@ -115,7 +116,7 @@ def test_recover_returns_interrupted_claims(db, engine):
 
 
 def test_a_lapsed_lease_returns_to_the_queue_and_a_renewed_one_stays(pg_url):
-    handle = models.open_database(pg_url)
+    handle = open_database(pg_url)
     try:
         dead, alive, taker = _queue(node="dead", lease=5), _queue(node="alive", lease=5), _queue(node="t", lease=5)
         first, second = dead.enqueue(_items(2))
@@ -132,7 +133,7 @@ def test_a_lapsed_lease_returns_to_the_queue_and_a_renewed_one_stays(pg_url):
 
 
 def test_pacing_is_shared_by_every_daemon_of_the_fleet(pg_url):
-    handle = models.open_database(pg_url)
+    handle = open_database(pg_url)
     try:
         pacers = [Pacer("test-key", interval=0.5), Pacer("test-key", interval=0.5)]  # two daemons
         delays = [pacers[k % 2]._reserve_shared() for k in range(6)]
@@ -145,7 +146,7 @@ def test_pacing_is_shared_by_every_daemon_of_the_fleet(pg_url):
 
 
 def test_the_daily_update_check_runs_on_one_daemon(pg_url):
-    handle = models.open_database(pg_url)
+    handle = open_database(pg_url)
     try:
         def fleet(node):
             settings = types.SimpleNamespace(node=node, lease=60, throttle=0)
@@ -165,7 +166,7 @@ def test_old_postgres_schema_gains_columns_and_keeps_rows(pg_url):
                      'bytes BIGINT NOT NULL, priority INTEGER NOT NULL, created_at TIMESTAMP NOT NULL)')
         conn.execute("INSERT INTO downloads (state, url, bytes, priority, created_at) "
                      "VALUES ('completed', 'https://x.example/a', 42, 1, now())")
-    handle = models.open_database(pg_url)
+    handle = open_database(pg_url)
     try:
         row = models.Download.get_by_id(1)
         assert (row.state, row.bytes, row.attempts, row.node) == ("completed", 42, 0, None)
@@ -175,7 +176,7 @@ def test_old_postgres_schema_gains_columns_and_keeps_rows(pg_url):
 
 
 def test_each_daemon_takes_its_share_of_the_fleet_throttle(pg_url):
-    handle = models.open_database(pg_url)
+    handle = open_database(pg_url)
     try:
         queues = {node: _queue(node=node) for node in ("a", "b")}
         queues["a"].enqueue(_items(4))
@@ -192,7 +193,7 @@ def test_each_daemon_takes_its_share_of_the_fleet_throttle(pg_url):
 
 def test_a_connection_cut_by_the_server_is_replaced(pg_url):
     import psycopg
-    handle = models.open_database(pg_url)
+    handle = open_database(pg_url)
     try:
         queue = _queue()
         queue.enqueue(_items(1))
