@@ -108,6 +108,7 @@ class Transfer:
         self.validator = validator
         self.total = validator["total"]
         self.planner = Planner(self.total, have, connections, segment_min, first_end)
+        self.first_reach = first_end or self.total  # where the first answer's body ends
         self.connections = connections
         self.timeout = timeout
         self.throttle = throttle
@@ -240,6 +241,7 @@ class Transfer:
     # -- one connection ------------------------------------------------------------------
     def _connection(self, index, response, seg=None):
         session = None
+        reach = self.first_reach if response is not None else None  # where the open answer's body ends
         failures = 0
         buffer = memoryview(bytearray(READ_SIZE))
         writeback = Writeback(self.fd)
@@ -256,9 +258,15 @@ class Transfer:
                     if response is None:
                         session = session or self.new_session()
                         response = self._open_segment(session, seg)
+                        reach = seg.end
                     else:
                         self._track(response)
                     self._pump(response, seg, buffer, writeback)
+                    # An answer that runs on (the open-ended first one) feeds the next free piece.
+                    while (after := self.planner.claim_next(index, seg, reach)) is not None:
+                        self.planner.release(seg)
+                        seg = after
+                        self._pump(response, seg, buffer, writeback)
                     failures = 0
                 except RangesIgnored:
                     log.info("download %s: a segment got the whole file instead of its range; one connection "

@@ -155,6 +155,15 @@ class Planner:
             self.segments.sort(key=lambda s: s.start)
             return self._give(stolen, owner, now)
 
+    def claim_next(self, owner, seg, reach):
+        """The unclaimed segment that starts where `seg` ended, if the answer `owner` is reading runs to
+        `reach` and covers it: the connection reads on instead of dropping the bytes in flight."""
+        with self._lock:
+            for s in self.segments:
+                if s.owner is None and s.pos == seg.end and s.end <= reach and s.remaining > 0:
+                    return self._give(s, owner, self.clock())
+            return None
+
     def _give(self, seg, owner, now):
         self.claims += 1
         seg.owner, seg.claimed_at, seg.claimed_pos = owner, now, seg.pos

@@ -89,6 +89,19 @@ def test_server_without_accept_ranges_gets_one_connection(make_daemon, fake):
     assert len(gets) == 1 and "Range" not in gets[0].headers
 
 
+def test_an_open_ended_first_answer_is_read_on_into_the_next_free_piece(make_daemon, fake):
+    from pathlib import Path
+    blob = fake.add_blob("open.bin", size=8 * MiB)  # a plain URL: no size known, the first GET has no Range
+    daemon = make_daemon(max_connections_per_host=1, **SEGMENTED)  # four pieces, one connection granted
+    daemon.drop("open.json", {"url": blob["url"], "sha256": blob["sha256"]})
+    folder, result = daemon.result("open.json")
+    assert folder == "done", result
+    assert sha_of(result["items"][0]["path"]) == blob["sha256"]
+    gets = [r for r in fake.requests_to("files") if r.method == "GET"]
+    assert len(gets) == 1 and "Range" not in gets[0].headers  # no piece was asked for again
+    assert fake.bytes_served_twice(Path(blob["path"]).name) == 0  # nothing in flight was dropped
+
+
 def test_ranges_ignored_on_the_second_request_only(make_daemon, fake):
     info = version(fake, 1031, 16 * MiB)
     fake.faults.ignore_range_on = 2

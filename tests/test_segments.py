@@ -72,6 +72,19 @@ def test_claim_steals_the_second_half_of_a_slow_segment():
     assert p.claim("B") is None and not p.wants_steal()  # 90 left in the stolen half: too little to split
 
 
+def test_claim_next_hands_an_open_answer_the_free_piece_after_its_own():
+    p = Planner(400, RangeSet(), 4, 100)
+    first = p.claim("A", first=0)
+    assert p.advance(first, 100) == 0
+    assert p.claim_next("A", first, reach=400).start == 100  # the answer runs to 400: read on
+    other = p.claim("B")  # piece 200-300
+    p.advance(other, 100)
+    nxt = p.claim_next("A", p.segments[1], reach=400)
+    assert nxt is None  # 200-300 is B's: the stream's next bytes belong to someone else
+    assert p.claim_next("B", other, reach=300) is None  # B's answer ends at its piece
+    assert p.claim_next("B", other, reach=400).start == 300
+
+
 def test_a_segment_about_to_finish_is_not_split():
     now = [0.0]
     p = Planner(1000, RangeSet(), 2, 100, clock=lambda: now[0])
