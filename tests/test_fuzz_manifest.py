@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from daemon.errors import ManifestError, PermanentError
 from daemon.manifest import Item, filename_problem, parse_items, parse_manifest, sanitize_filename
-from daemon.worker import WorkerPool
+from daemon.placement import Placement
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -124,10 +124,9 @@ def _inside(download_dir, path):
 
 def _resolve_folder(download_dir, subdir):
     """The worker's own folder check (the symlink guard lives there, not in the pure parser)."""
-    pool = types.SimpleNamespace(download_dir=Path(download_dir).resolve(), library_roots=[],
-                                 settings=types.SimpleNamespace(type_dirs={}))
+    settings = types.SimpleNamespace(download_dir=download_dir, library={"roots": []}, type_dirs={})
     row = types.SimpleNamespace(subdir=subdir)
-    return WorkerPool._folder(pool, row, None)
+    return Placement(settings, queue=None).folder(row, None)
 
 
 @FAST
