@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from . import gate, http, pipeline, segmented
+from . import connshare, gate, http, pipeline, segmented
 from .errors import (TOKEN_HELP, Cancelled, DiskFull, EarlyAccess, HashMismatch, PartBusy, PermanentError,
                      TransientError)
 from .filenames import content_disposition_name, name_from_signed_url, name_from_url
@@ -90,7 +90,7 @@ class Fetcher:
             civitai, {"Authorization": f"Bearer {self.token}"} if self.token else {})
         self._sessions = http.Sessions()
         self.huggingface = http.Origins([getattr(settings, "huggingface_base_url", None) or "https://huggingface.co"])
-        self.slots = segmented.HostSlots(settings.max_connections_per_host)
+        self.slots = connshare.HostSlots(settings.max_connections_per_host)
         self.quarantine = Path(settings.download_dir) / ".quarantine"
 
     def _session(self):
