@@ -124,7 +124,8 @@ class CivitaiClient:
         self.timeout = settings.timeout
         self.stop = stop or threading.Event()  # set at shutdown: a retry wait ends with Cancelled
         self._sessions = http.Sessions(Accept="application/json")
-        self.pacer = pacer or Pacer()  # fleet mode: one REST call a second for the fleet together
+        # Fleet mode: one REST call a second for the fleet together; a turn lasts the wait and the call.
+        self.pacer = pacer or Pacer(hold=2 * self.timeout + 10)
 
     def get(self, path, params=None):
         """JSON from `{base}/api/v1/{path}`; raises TransientError / PermanentError / NotOnCivitai / Cancelled."""
@@ -143,16 +144,18 @@ class CivitaiClient:
         return self._send("POST", path, data=json.dumps(body), headers={"Content-Type": "application/json"})
 
     def _send(self, method, path, headers=None, **kwargs):
-        if not self.pacer.wait(self.stop):
-            raise TransientError("stopped while waiting for the fleet's Civitai API pace")
         url = f"{self.base}/api/v1/{path}"
-        try:
-            response = self._sessions.get().request(
-                method, url, headers={**(headers or {}), **self.credentials.headers_for(url)}, timeout=self.timeout,
-                allow_redirects=False, stream=True, **kwargs)
-        except requests.exceptions.RequestException as exc:
-            raise TransientError(f"Civitai API: {http.network_problem(exc, urlsplit(url).hostname, self.timeout)}") \
-                from None
+        # In fleet mode the turn lasts until the answer's headers came: the next call is paced from then.
+        with self.pacer.turn(self.stop) as ok:
+            if not ok:
+                raise TransientError("stopped while waiting for the fleet's Civitai API pace")
+            try:
+                response = self._sessions.get().request(
+                    method, url, headers={**(headers or {}), **self.credentials.headers_for(url)},
+                    timeout=self.timeout, allow_redirects=False, stream=True, **kwargs)
+            except requests.exceptions.RequestException as exc:
+                raise TransientError(f"Civitai API: "
+                                     f"{http.network_problem(exc, urlsplit(url).hostname, self.timeout)}") from None
         with response:
             return self._answer(response, path)
 

@@ -113,8 +113,10 @@ def test_civitai_api_pacing_holds_for_the_fleet(make_daemon, fake, pg_url, tmp_p
     calls = sorted(r.time for r in fake.requests_to("api", "/api/v1/"))
     assert len(calls) >= 6
     gaps = [b - a for a, b in zip(calls, calls[1:])]
-    # One call a second for the three daemons together (a little jitter between slot and arrival).
-    assert min(gaps) >= 0.8, gaps
+    # One call a second for the three daemons together, as Civitai sees them arrive: a daemon's turn
+    # ends when its call was answered, the next call goes a second after that, so nothing (load, a
+    # late caller, a request waiting in a socket) can bring two arrivals closer; 0.99 for clock slew.
+    assert min(gaps) >= 0.99, gaps
 
 
 def test_shared_inbox_each_of_100_manifests_taken_once(make_daemon, fake, pg_url, tmp_path):

@@ -5,6 +5,7 @@ Every test runs twice through the `engine` fixture; the fleet-only ones
 """
 import datetime
 import threading
+import time
 import types
 
 import peewee
@@ -136,11 +137,29 @@ def test_pacing_is_shared_by_every_daemon_of_the_fleet(pg_url):
     handle = open_database(pg_url)
     try:
         pacers = [Pacer("test-key", interval=0.5), Pacer("test-key", interval=0.5)]  # two daemons
-        delays = [pacers[k % 2]._reserve_shared() for k in range(6)]
-        # Reserved back to back: each slot is one interval after the previous one, whoever took it.
-        for k in range(1, 6):
-            assert delays[k] > delays[k - 1] + 0.3, delays
-        assert delays[-1] > 2.0
+        turns = []
+
+        def caller(pacer):
+            for _ in range(3):
+                with pacer.turn() as ok:
+                    assert ok
+                    started = time.time()
+                    time.sleep(0.1)  # the call itself: the next turn counts from its end
+                    turns.append((started, time.time()))
+        threads = [threading.Thread(target=caller, args=(p,)) for p in pacers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        turns.sort()
+        assert len(turns) == 6
+        # Never two at once, and each begins a full interval after the previous one ended, whoever took it.
+        for (_, ended), (started, _) in zip(turns, turns[1:]):
+            assert started - ended >= 0.49, turns
+        stop = threading.Event()
+        stop.set()
+        with pacers[0].turn(stop) as ok:  # a stopping daemon does not wait for its turn
+            assert ok is False
     finally:
         handle.close()
 
