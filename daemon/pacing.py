@@ -17,7 +17,6 @@ With SQLite (one machine) a pacer does nothing: the update check and library
 lookups pace their own calls, and resolution stays as fast as it always was.
 """
 import contextlib
-import logging
 import threading
 
 import peewee
@@ -25,7 +24,6 @@ import peewee
 from .engines import is_postgres
 from .models import db
 
-log = logging.getLogger(__name__)
 LOCK_TIMEOUT = "55P03"  # SQLSTATE of "canceling statement due to lock timeout"
 
 
