@@ -23,7 +23,8 @@ from . import connshare, gate, http, pipeline, segmented
 from .errors import (TOKEN_HELP, Cancelled, DiskFull, EarlyAccess, HashMismatch, PartBusy, PermanentError,
                      TransientError)
 from .filenames import content_disposition_name, name_from_signed_url, name_from_url
-from .gate import Part, Result  # noqa: F401 - Result is part of this module's interface
+from .gate import Result  # noqa: F401 - Result is part of this module's interface
+from .parts import Part, remember_validator
 from .http import STALL_BYTES
 from .segments import RangeSet, first_request_end
 from .throttle import Throttle  # noqa: F401 - re-exported for callers that build a Fetcher
@@ -324,7 +325,7 @@ class Fetcher:
         else:
             fd = part.open(os.O_WRONLY)
             if not part.offset:  # a fresh part: its validator is kept beside it for If-Range after a restart
-                gate.remember_validator(part, segmented.validator_of(headers, total))
+                remember_validator(part, segmented.validator_of(headers, total))
             try:
                 lock_part(fd, part)
                 self._stream(job, part, response, fd)

@@ -10,8 +10,7 @@ from pathlib import Path
 from .atomic import O_CLOEXEC, O_NOFOLLOW, file_in_the_way
 from .errors import FileInTheWay, HashMismatch, PermanentError, TransientError
 from .filenames import fit_name
-# Part and remember_validator: fetch.py reaches the part through the gate (gate.Part, gate.remember_validator).
-from .parts import Part, drop_leftover_parts, regular_file, remember_validator, validator_path  # noqa: F401
+from .parts import drop_leftover_parts, regular_file, validator_path
 from .segments import drop_ranges
 from .sniff import safetensors_problem, small_body_problem, sniff_problem  # noqa: F401 - gate.sniff_problem
 from .throttle import READ_SIZE

@@ -4,8 +4,7 @@ import datetime
 
 import peewee
 
-# library/ takes `param` and `hand_sql` from here with `db`; the engine questions live in engines.py.
-from .engines import db, hand_sql, param  # noqa: F401
+from .engines import db
 from .states import ManifestStatus, Status
 
 

@@ -13,7 +13,8 @@ import threading
 import types
 
 from ..events import DOWNLOAD_COMPLETED
-from ..models import Download, HashCache, LibraryEntry, UnknownHash, db, param
+from ..engines import param
+from ..models import Download, HashCache, LibraryEntry, UnknownHash, db
 from .identity import from_download
 
 log = logging.getLogger("daemon.library")

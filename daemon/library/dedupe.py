@@ -3,7 +3,8 @@ import os
 from urllib.parse import parse_qs, urlsplit
 
 from ..civitai import FILE_PARAMS
-from ..models import LibraryEntry, db, hand_sql
+from ..engines import hand_sql
+from ..models import LibraryEntry, db
 
 
 def _picks_a_file(url):

@@ -12,7 +12,8 @@ import threading
 import time
 
 from ..errors import DaemonError
-from ..models import UnknownHash, db, param, utcnow
+from ..engines import param
+from ..models import UnknownHash, db, utcnow
 from .sidecars_in import version_hashes
 
 log = logging.getLogger("daemon.library")
