@@ -20,15 +20,20 @@ class Page:
         self.external = []
         self.console_errors = []
         self.navigations = 0
-        self._started = {}  # request → navigations before it started
+        self._navigating = False  # a main-frame navigation was requested and has not committed yet
+        self._started = {}  # request → (navigations before it started, whether one was pending then)
         self.page.on("request", self._request)
         self.page.on("requestfailed", self._failed)
+        self.page.on("framenavigated", self._committed)
         self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
         self.page.on("pageerror", lambda e: self.console_errors.append(str(e)))
 
     def _failed(self, request):
         # A reload or navigation by the test aborts the page's requests still in flight: not the GUI's fault.
-        if request.failure == "net::ERR_ABORTED" and self.navigations > self._started.get(request, self.navigations):
+        # That includes requests the old page still sent after the reload began, before the new page
+        # committed (seen once in CI: /api/updates aborted with the navigation already counted).
+        started, pending = self._started.get(request, (self.navigations, False))
+        if request.failure == "net::ERR_ABORTED" and (self.navigations > started or pending):
             return
         self.failed.append((request.url, request.failure))
 
@@ -36,12 +41,17 @@ class Page:
         # A navigation's own request starts before the old page's requests are aborted.
         if request.is_navigation_request() and request.frame.parent_frame is None:
             self.navigations += 1
-        self._started[request] = self.navigations
+            self._navigating = True
+        self._started[request] = (self.navigations, self._navigating and not request.is_navigation_request())
         host = urlsplit(request.url).hostname
         if request.url.startswith(("data:", "blob:")):
             return
         if host not in ("127.0.0.1", "localhost"):
             self.external.append(request.url)
+
+    def _committed(self, frame):
+        if frame.parent_frame is None:
+            self._navigating = False
 
     def open(self):
         self.page.goto(self.daemon.url + "/gui")
