@@ -134,7 +134,7 @@ class Fetcher:
             return self._receive(job, part, response, final_url)
         finally:
             job.response = None
-            response.close()
+            segmented.close_response(response)
 
     def _open(self, job, part):
         """GET the original URL, following redirects by hand (auth stays on Civitai's origins)."""
@@ -432,6 +432,8 @@ class Fetcher:
                     pipe.hand_over(index, filled)
                     index = None
                     if not got:
+                        if part.total is not None and received == part.total:
+                            segmented.body_read(response)
                         break
                     index, view, filled = *pipe.take(), 0
                 now = time.monotonic()

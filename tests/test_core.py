@@ -275,6 +275,28 @@ def test_priority_orders_the_queue(make_daemon, fake):
     assert blobs  # the unused blobs only vary the fake's storage
 
 
+def test_small_files_in_a_row_reuse_one_connection(make_daemon, fake):
+    """A body read to its end gives its connection back (keep-alive): a burst of small files costs no
+    TCP handshake each. A body cut short (or an error answer) never leaves its connection for reuse."""
+    blobs = [fake.add_blob(f"k{i}.bin", size=20_000 + i) for i in range(6)]
+    daemon = make_daemon(workers=1)
+    daemon.drop("keep.json", {"items": [{"url": b["url"], "sha256": b["sha256"]} for b in blobs]})
+    folder, result = daemon.result("keep.json", timeout=60)
+    assert folder == "done", result
+    gets = [r for r in fake.requests_to("files") if r.method == "GET"]
+    assert len(gets) == 6
+    assert len({r.port for r in gets}) == 1, [r.port for r in gets]
+
+    # A connection dropped mid-body is not reused: the retry opens a new one and the file verifies.
+    cut = fake.add_blob("cut.bin", size=200_000)
+    fake.faults.drop_after = 50_000
+    daemon.drop("cut.json", {"url": cut["url"], "sha256": cut["sha256"]})
+    folder, result = daemon.result("cut.json", timeout=60)
+    assert folder == "done" and result["items"][0]["verified"] is True, result
+    cut_gets = [r for r in fake.requests_to("files") if r.method == "GET" and r.path.startswith("/files/cut")]
+    assert len(cut_gets) >= 2 and len({r.port for r in cut_gets}) == len(cut_gets)
+
+
 def test_throttle_caps_the_rate(make_daemon, fake):
     blob = fake.add_blob("slow.bin", size=10 * MB)
     daemon = make_daemon(throttle="5MB")
