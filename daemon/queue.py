@@ -13,7 +13,7 @@ import logging
 import peewee
 
 from . import events
-from .engines import hand_sql as _sql, is_postgres
+from .engines import hand_sql as _sql, is_postgres, model_rows
 from .enqueue import insert_items
 from .errors import InvalidTransition, NotFound
 from .models import Download, ManifestRecord, db, iso, utcnow
@@ -56,9 +56,9 @@ def _update_returning(download_id, states, values):
         change = (Download.update(**values).where((Download.id == download_id) & Download.state.in_(states))
                   .returning(Download))
         return list(change.execute())
-    sql = _sql(f'UPDATE "downloads" SET {clause[0]} WHERE "id" = ? AND "state" IN ({", ".join("?" * len(states))}) '
-               'RETURNING *')
-    return list(Download.raw(sql, *clause[1], download_id, *states))
+    sql = (f'UPDATE "downloads" SET {clause[0]} WHERE "id" = ? AND "state" IN ({", ".join("?" * len(states))}) '
+           'RETURNING *')
+    return model_rows(Download, sql, (*clause[1], download_id, *states))
 
 
 class Queue:
@@ -99,13 +99,13 @@ class Queue:
     def open_manifest(self, manifest_id):
         """The manifest record if it is still processing, else None."""
         with db.connection_context():
-            return next(iter(ManifestRecord.raw(_sql('SELECT * FROM "manifests" WHERE "id" = ? AND "status" = ?'),
-                                                manifest_id, ManifestStatus.PROCESSING.value)), None)
+            return next(iter(model_rows(ManifestRecord, 'SELECT * FROM "manifests" WHERE "id" = ? AND "status" = ?',
+                                        (manifest_id, ManifestStatus.PROCESSING.value))), None)
 
     def manifest_items(self, manifest_id):
         with db.connection_context():
-            return list(Download.raw(_sql('SELECT * FROM "downloads" WHERE "manifest_id" = ? '
-                                          'ORDER BY "manifest_index"'), manifest_id))
+            return model_rows(Download, 'SELECT * FROM "downloads" WHERE "manifest_id" = ? ORDER BY "manifest_index"',
+                              (manifest_id,))
 
     def manifest_pending(self, manifest_id):
         """How many of a manifest's items have not ended yet."""
@@ -166,15 +166,15 @@ class Queue:
         ended = tuple(s.value for s in ENDED)
         # In PostgreSQL, SKIP LOCKED lets daemons claiming at once each take a different row (without it
         # the loser re-checks the winner's row, finds it taken and claims nothing).
-        sql = _sql(_CLAIM_SQL.format(busy=", ".join("?" * len(busy)) or "-1",  # never NOT IN (NULL)
-                                     skip_locked=" FOR UPDATE SKIP LOCKED" if is_postgres() else ""))
+        sql = _CLAIM_SQL.format(busy=", ".join("?" * len(busy)) or "-1",  # never NOT IN (NULL)
+                                skip_locked=" FOR UPDATE SKIP LOCKED" if is_postgres() else "")
         lease_until = now + datetime.timedelta(seconds=self.lease) if is_postgres() else None
         # One UPDATE … RETURNING statement: atomic on its own. A child waits until its parent ended
         # (a correlated EXISTS: a primary-key lookup per candidate, not a scan of every ended row).
-        claim = Download.raw(sql, Status.DOWNLOADING.value, now, self.node, lease_until, Status.QUEUED.value, *ended,
-                             now, *busy, Status.QUEUED.value)
+        params = (Status.DOWNLOADING.value, now, self.node, lease_until, Status.QUEUED.value, *ended, now, *busy,
+                  Status.QUEUED.value)
         with db.connection_context():
-            rows = list(claim)
+            rows = model_rows(Download, sql, params)
         if not rows:
             return None
         row = rows[0]
@@ -314,7 +314,7 @@ class Queue:
         with db.connection_context():
             # Hand-written SQL on the hot paths: peewee spends more Python building a query than
             # SQLite spends running it (research in bench/RESULTS.md, ingest).
-            row = next(iter(Download.raw(_sql('SELECT * FROM "downloads" WHERE "id" = ?'), download_id)), None)
+            row = next(iter(model_rows(Download, 'SELECT * FROM "downloads" WHERE "id" = ?', (download_id,))), None)
         if row is None:
             raise NotFound(f"no download with id {download_id}")
         return row
