@@ -325,7 +325,7 @@ class Fetcher:
         else:
             fd = part.open(os.O_WRONLY)
             if not part.offset:  # a fresh part: its validator is kept beside it for If-Range after a restart
-                remember_validator(part, segmented.validator_of(headers, total))
+                remember_validator(part, segmented.validator_of(headers, total), fd)
             try:
                 lock_part(fd, part)
                 self._stream(job, part, response, fd)

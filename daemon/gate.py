@@ -10,7 +10,7 @@ from pathlib import Path
 from .atomic import O_CLOEXEC, O_NOFOLLOW, file_in_the_way
 from .errors import FileInTheWay, HashMismatch, PermanentError, TransientError
 from .filenames import fit_name
-from .parts import drop_leftover_parts, regular_file, validator_path
+from .parts import drop_leftover_parts, forget_validator, regular_file, validator_path
 from .segments import drop_ranges
 from .sniff import safetensors_problem, small_body_problem, sniff_problem  # noqa: F401 - gate.sniff_problem
 from .throttle import READ_SIZE
@@ -101,6 +101,7 @@ def link_into_place(part, fd, target):
     """Put the part open as `fd` at `target` without ever replacing an existing file, then drop the part
     name; the name created is checked to be that very file."""
     mine = os.fstat(fd)
+    forget_validator(fd)
     try:
         try:
             _link_open_file(fd, target)

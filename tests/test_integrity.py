@@ -457,6 +457,35 @@ def test_resume_after_restart_sends_if_range_and_catches_an_upstream_change(make
     assert sha(downloads / "up.bin") == changed["sha256"]
     first = [r for r in fake.requests_to("files") if r.method == "GET"][0]
     assert first.headers.get("Range") and first.headers.get("If-Range")
+    assert parts.VALIDATOR_XATTR not in os.listxattr(downloads / "up.bin")  # the user's file carries none
+    assert not list(downloads.glob("*.part.json"))
+
+
+def test_the_validator_lives_in_the_parts_xattr_or_where_there_are_none_in_a_file(tmp_path, monkeypatch):
+    """An xattr costs no inode per download (a file created and deleted per download slowed ext4's
+    inode allocation); without user xattrs the JSON file beside the part keeps the same promise."""
+    part = parts.Part(folder=tmp_path, filename="m.bin", download_id=7)
+    beside = parts.validator_path(tmp_path, "m.bin", 7)
+    fd = part.open(os.O_WRONLY)
+    try:
+        parts.remember_validator(part, {"etag": '"a1"', "total": 3}, fd)
+        assert not beside.exists()
+        assert parts.read_validator(beside, fd) == {"etag": '"a1"', "last_modified": None}
+        parts.forget_validator(fd)
+        assert parts.read_validator(beside, fd) is None
+
+        def no_xattrs(*args):
+            raise OSError(95, "Operation not supported")
+        monkeypatch.setattr(parts.os, "setxattr", no_xattrs)
+        parts.remember_validator(part, {"last_modified": "Tue, 01 Dec 2026 10:00:00 GMT"}, fd)
+        assert json.loads(beside.read_text()) == {"last_modified": "Tue, 01 Dec 2026 10:00:00 GMT"}
+        assert parts.read_validator(beside, fd)["last_modified"].startswith("Tue")
+    finally:
+        os.close(fd)
+    part.load()  # a restart: the hash and the validator are read back from the part and the file
+    assert part.validator == {"etag": None, "last_modified": "Tue, 01 Dec 2026 10:00:00 GMT"}
+    parts.remove_part(tmp_path, "m.bin", 7)
+    assert not beside.exists() and not part.path.exists()
 
 
 # -- 19: error pages are not model files ---------------------------------------------------
