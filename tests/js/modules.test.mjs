@@ -47,3 +47,24 @@ test('the pure helpers of the views', async () => {
   assert.equal(summarise({ checked: 4, new_versions: [1, 2], nested: {} }), 'Check finished — checked: 4, new versions: 2.');
   assert.equal(summarise(null), 'Check finished.');
 });
+
+test('newestOnly lets only the newest call draw, whatever order the answers come in', async () => {
+  const { newestOnly } = await import(new URL('dom.js', STATIC));
+  const drawn = [];
+  const answers = {};
+  const load = newestOnly(async (isNewest, name) => {
+    await new Promise((resolve) => { answers[name] = resolve; });
+    if (isNewest()) drawn.push(name);
+  });
+  const older = load('older');
+  const newer = load('newer');
+  answers.newer();
+  await newer;
+  answers.older(); // the slow, older answer arrives last: it must not replace the newer rows
+  await older;
+  assert.deepEqual(drawn, ['newer']);
+  const again = load('again');
+  answers.again();
+  await again;
+  assert.deepEqual(drawn, ['newer', 'again']);
+});

@@ -55,6 +55,16 @@ export function debounce(fn, ms) {
   };
 }
 
+/** `load(isNewest, ...args)` whose answer only the newest call may draw: an older request that answers
+ *  after a newer one (a filter typed quickly, an event's reload) asks `isNewest()` and drops its rows. */
+export function newestOnly(load) {
+  let latest = 0;
+  return (...args) => {
+    const mine = ++latest;
+    return load(() => mine === latest, ...args);
+  };
+}
+
 /** A Bootstrap modal, or a bare show/hide when Bootstrap's script is absent. */
 export function modal(node) {
   let instance = null;

@@ -2,7 +2,7 @@
 // counts by type and base model, a search, the unknown files, and the scan
 // with its live progress bar from the WebSocket feed.
 
-import { $, actionError, badge, debounce, el, setText, showResult } from './dom.js';
+import { $, actionError, badge, debounce, el, newestOnly, setText, showResult } from './dom.js';
 import { formatBytes, formatCount, formatEta, formatSpeed } from './format.js';
 
 const PAGE = 100;
@@ -129,20 +129,21 @@ export const view = {
       $('#library-next', root).disabled = offset + PAGE >= total;
     }
 
-    async function load() {
+    const load = newestOnly(async (isNewest) => {
       const params = new URLSearchParams({ limit: PAGE, offset });
       if (q.value.trim()) params.set('q', q.value.trim());
       if (stateSelect.value) params.set('state', stateSelect.value);
       if (typeSelect.value) params.set('type', typeSelect.value);
       try {
         const [list, scan] = await Promise.all([call(`api/library?${params}`), call('api/library/scan')]);
+        if (!isNewest()) return; // a newer filter or page was asked meanwhile: its answer draws
         $('tbody', root).replaceChildren(...list.items.map((e) => row(e, previews)));
         showCounts(list.counts || {}, list.total);
         showScan(scan);
       } catch (err) {
-        showResult($('#library-scan-result', root), 'danger', actionError(err));
+        if (isNewest()) showResult($('#library-scan-result', root), 'danger', actionError(err));
       }
-    }
+    });
     const loadSoon = debounce(load, 500);
     const refilter = () => {
       offset = 0;

@@ -2,7 +2,7 @@
 // state and reason, the model's policy; "Update all" shows what will happen
 // (files, bytes, files replaced) and asks before it enqueues anything.
 
-import { $, actionError, badge, debounce, el, setText, showResult } from './dom.js';
+import { $, actionError, badge, debounce, el, newestOnly, setText, showResult } from './dom.js';
 import { formatBytes, formatCount, formatTime } from './format.js';
 
 const STATE_CLASS = {
@@ -94,9 +94,10 @@ export const view = {
       $('#update-all', root).disabled = p.ids.length === 0;
     }
 
-    async function load() {
+    const load = newestOnly(async (isNewest) => {
       try {
         const page = await call('api/updates?limit=1000');
+        if (!isNewest()) return; // an event asked for a newer list meanwhile: its answer draws
         const items = page.items || [];
         $('tbody', root).replaceChildren(...items.map(row));
         if (!items.length) {
@@ -107,7 +108,7 @@ export const view = {
       } catch {
         /* the token prompt and the connection banner say why */
       }
-    }
+    });
     const loadSoon = debounce(load, 500);
 
     return {
