@@ -5,6 +5,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from loopback import serve
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -51,7 +53,7 @@ class Receiver:
                 self.wfile.write(answer)
 
         self._server = _Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        serve(self._server, "receiver")
         return self
 
     @property
