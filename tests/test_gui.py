@@ -274,7 +274,6 @@ def test_segmented_row_shows_its_connections_and_segments(make_daemon, fake, gui
     expect(row.locator(".segment")).to_have_count(4)
     done = row.locator(".segment-done").first
     expect(done).not_to_have_attribute("style", "width: 0%;", timeout=10_000)
-    fake.faults.rate = None  # seen in flight; the rest at full speed
     page.locator('#downloads tr[data-state=completed]').wait_for(timeout=60_000)
     expect(page.locator(".cell-segments")).to_have_count(0)  # gone once the file is complete
     view.assert_clean()
@@ -317,7 +316,6 @@ def test_a_page_answer_older_than_the_feed_keeps_the_rows_the_feed_drew(make_dae
     expect(row).to_have_attribute("data-state", "downloading")
     expect(row.locator(".segment")).to_have_count(4)
     expect(page.locator("#page-info")).to_have_text("1–1 of 1 total")
-    fake.faults.rate = None  # the rows were seen in flight; the rest at full speed
     page.locator(f'#downloads tr[data-id="{download_id}"][data-state=completed]').wait_for(timeout=60_000)
     expect(page.locator(".cell-segments")).to_have_count(0)
     assert not view.console_errors, view.console_errors
