@@ -6,7 +6,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,34 +28,6 @@ def put(path, data, mtime=None):
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
-
-
-_HOLE_RATE = []  # bytes/s, measured once per test session
-
-
-def sparse_file(path, seconds):
-    """A sparse model file (no disk used) that one hashing thread takes about `seconds` to read here: its size
-    follows this machine's speed at reading holes and hashing them (a probe file, read the way the scan
-    does), so a scan stays busy long enough to watch on a fast machine without costing minutes on a slow one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not _HOLE_RATE:
-        probe, size = path.parent / ".probe.sparse", 256 << 20
-        with open(probe, "wb") as handle:
-            handle.truncate(size)
-        buffer, digest = bytearray(4 << 20), hashlib.sha256()
-        fd = os.open(probe, os.O_RDONLY)
-        try:
-            started = time.monotonic()
-            while n := os.readv(fd, [buffer]):
-                digest.update(memoryview(buffer)[:n])
-            _HOLE_RATE.append(size / (time.monotonic() - started))
-        finally:
-            os.close(fd)
-            probe.unlink()
-    size = min(int(_HOLE_RATE[0] * seconds), 16 << 30) >> 20 << 20  # whole MiB, at most 16 GiB
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-    return size
 
 
 def snapshot(*roots):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from conftest import ROOT
 from test_gui import Page, expect  # noqa: F401  (the shared page wrapper and expect)
-from test_library import content, put, sparse_file
+from test_library import content, put
 
 SCREENSHOT = ROOT / "docs" / "library.png" if os.environ.get("UPDATE_SCREENSHOTS") else None
 
@@ -18,8 +18,9 @@ def test_library_view_scan_progress_counts_search_and_previews(fake, make_daemon
         put(root / ("Stable-diffusion" if m % 2 else "Lora") / f"model{m}.safetensors", data)
     for u in range(3):
         put(root / "Other" / f"mystery{u}.ckpt", content(f"mystery-{u}"))
-    # A big sparse file keeps the scan running long enough (about 4 s) to watch its progress bar.
-    huge = sparse_file(root / "Other" / "huge.safetensors", seconds=4)
+    # A big sparse file (no disk used) keeps the scan running long enough to watch its progress bar.
+    with open(root / "Other" / "huge.safetensors", "wb") as handle:
+        handle.truncate(3 << 30)
     d = make_daemon(library={"roots": [str(root)], "scan_on_start": False, "hash_threads": 1})
     view = Page(browser, d, width=1280, height=900)
     try:
@@ -67,4 +68,4 @@ def test_library_view_scan_progress_counts_search_and_previews(fake, make_daemon
         assert not view.console_errors, view.console_errors
     finally:
         view.close()
-    assert Path(root / "Other" / "huge.safetensors").stat().st_size == huge
+    assert Path(root / "Other" / "huge.safetensors").stat().st_size == 3 << 30
