@@ -42,8 +42,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loopback import serve
-
 MiB = 1 << 20
 BROWSER_WORDS = ("mozilla", "chrome", "safari", "firefox", "opera", "edge")
 FILE_TYPES = (
@@ -335,7 +333,9 @@ class FakeCivitai:
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._stopping.clear()
-        self._thread = serve(self._server, "fakeciv")
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="fakeciv", daemon=True)
+        self._thread.start()
         return self
 
     def stop(self) -> None:

@@ -5,8 +5,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from loopback import serve
-
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -53,7 +51,7 @@ class Receiver:
                 self.wfile.write(answer)
 
         self._server = _Server(("127.0.0.1", 0), Handler)
-        serve(self._server, "receiver")
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         return self
 
     @property

@@ -1,11 +1,11 @@
 """Regressions from the second attack on the daemon (issue 11, "a fresh attack finds nothing above low")."""
 import json
 import os
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from loopback import serve
 from test_hostfiles import png
 
 
@@ -31,7 +31,7 @@ class HostileApi:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        serve(self.server)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
         self.server.shutdown()

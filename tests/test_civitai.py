@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from conftest import sha, wait_for
-from loopback import serve
 
 SECRET = "hook-secret-123"
 
@@ -174,7 +174,7 @@ class _BrowserProxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        serve(self.server)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self):

@@ -1,11 +1,11 @@
 """huggingface_token (SPEC §13): Bearer to exactly huggingface_base_url's origin, never to the storage redirect."""
 import json
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from conftest import sha
-from loopback import serve
 
 HF_SECRET = "hf_test_secret_token_123"
 
@@ -40,7 +40,7 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        serve(self.server)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self):

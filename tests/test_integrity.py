@@ -18,7 +18,6 @@ import requests
 
 from conftest import sha, wait_for
 from fakeciv import FakeCivitai
-from loopback import serve
 from daemon import civitai, fetch as fetch_mod, filenames, http, parts, sidecars
 from daemon.errors import Cancelled, DaemonError, DiskFull, ManifestError, PermanentError, TransientError
 from daemon.manifest import parse_manifest
@@ -85,7 +84,7 @@ class Scripted:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        serve(self.server)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
         self.server.shutdown()
