@@ -116,7 +116,7 @@ def hand_sql(text):
     return text if param() == "?" else text.replace("?", param())
 
 
-_COLUMN_PLANS = {}  # (model, column names) → [(field name, python_value or None)]
+_COLUMN_PLANS = {}  # (model, column names) → per column (field name, python_value), or None: not a field
 
 
 def model_rows(model, sql, params=()):

@@ -6,7 +6,7 @@
 //   table.decorate((row, d) => ...)     after a row is built from a download object
 //   table.onProgress((row, p) => ...)   after a progress event patched a row
 
-import { $, el, badge, stateBadge, setText, debounce, actionError } from './dom.js';
+import { $, el, badge, stateBadge, setText, debounce, actionError, newestOnly } from './dom.js';
 import {
   displayName, formatBytes, formatEta, formatProgress, formatSpeed, formatTime, modelLabel, percent,
 } from './format.js';
@@ -46,7 +46,6 @@ function buildProgress(d) {
 export function createDownloadsTable({ call, previews, openDetails, refreshStatus }) {
   const view = { offset: 0, state: '', total: 0 };
   let vocab = vocabulary(null);
-  let pageRequest = 0; // drops answers to requests that a newer one replaced
   // Feed events and progress that came while the newest page request was out, as [fn, data]:
   // its answer comes on another connection, so it may have been read before them and land
   // after them. Applied again on top of the answer, in order (null while no request is out).
@@ -129,8 +128,8 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
     $('#page-next').disabled = view.offset + PAGE_SIZE >= view.total;
   }
 
-  async function load() {
-    const request = ++pageRequest;
+  // Only the newest request's answer draws (dom.newestOnly): an older one a newer page/filter replaced is dropped.
+  const load = newestOnly(async (isNewest) => {
     const since = [];
     missed = since;
     const params = new URLSearchParams({ limit: PAGE_SIZE, offset: view.offset });
@@ -139,7 +138,7 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
     try {
       page = await call(`api/downloads?${params}`);
     } catch (err) {
-      if (request !== pageRequest) return;
+      if (!isNewest()) return;
       missed = null; // the rows stay as the events left them
       if (err.status && err.status !== 401) {
         const box = $('#downloads-error');
@@ -148,7 +147,7 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
       }
       return;
     }
-    if (request !== pageRequest) return; // a newer page/filter was asked meanwhile
+    if (!isNewest()) return; // a newer page/filter was asked meanwhile
     missed = null;
     $('#downloads-error').classList.add('d-none');
     view.total = Number(page.total) || 0;
@@ -165,7 +164,7 @@ export function createDownloadsTable({ call, previews, openDetails, refreshStatu
     renderEmpty();
     renderPager(items.length);
     for (const [apply, data] of since) apply(data, true);
-  }
+  });
   const reloadSoon = debounce(load, 300);
 
   /**
